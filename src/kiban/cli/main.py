@@ -1,0 +1,48 @@
+"""The ``kiban`` command (Typer). Each capability adds its sub-commands here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from kiban.core.config import load_settings
+
+app = typer.Typer(
+    name="kiban",
+    help="Kiban (基盤): resident register, identity network, My Number and JPKI for local governments.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+
+@db_app.command("upgrade")
+def db_upgrade(
+    data: Path = typer.Option(None, "--data", help="Data directory (SQLite file lives here)."),
+    revision: str = typer.Option("heads", help="Target revision."),
+) -> None:
+    """Bring the database to the newest schema (KIBAN_DATABASE_URL or the data directory's SQLite)."""
+    from kiban.core.database import upgrade
+
+    settings = load_settings(data)
+    settings.ensure_dirs()
+    upgrade(settings.database_url, revision)
+    typer.echo(f"database at {settings.database_url.split('@')[-1]} is at {revision}")
+
+
+def _register_subcommands() -> None:
+    # Imported here so that `kiban --help` stays fast and one broken capability cannot
+    # hide the others' commands.
+    from kiban.cli import audit, bench, demo, ids, serve
+
+    app.add_typer(ids.app, name="id")
+    app.add_typer(audit.app, name="audit")
+    app.command("demo")(demo.demo)
+    app.command("serve")(serve.serve)
+    app.command("bench")(bench.bench)
+
+
+_register_subcommands()

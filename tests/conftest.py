@@ -1,0 +1,91 @@
+"""Shared fixtures: a migrated database per test, on SQLite always and on PostgreSQL when asked.
+
+``KIBAN_TEST_DATABASE_URL`` selects PostgreSQL (scripts/test.sh sets it for the second run).
+On PostgreSQL every pytest run migrates a schema of its own and each test starts from empty
+tables; on SQLite each test gets a copy of a freshly migrated file.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from kiban.core.database import import_all_models, make_engine, session_factory, upgrade
+
+PG_URL = os.environ.get("KIBAN_TEST_DATABASE_URL", "")
+
+
+def is_postgres() -> bool:
+    return PG_URL.startswith("postgresql")
+
+
+def _pg_url_with_schema(url: str, schema: str) -> str:
+    parsed = make_url(url)
+    query = dict(parsed.query)
+    query["options"] = f"-csearch_path={schema}"
+    return parsed.set(query=query).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="session")
+def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a database migrated once for the whole run (SQLite file or PG schema)."""
+    if is_postgres():
+        schema = f"kt_{uuid.uuid4().hex[:12]}"
+        admin = make_engine(PG_URL)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = _pg_url_with_schema(PG_URL, schema)
+        upgrade(url)
+        yield url
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+    else:
+        path = tmp_path_factory.mktemp("template") / "kiban.sqlite"
+        url = f"sqlite:///{path}"
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def db_url(migrated_template: str, tmp_path: Path) -> str:
+    """A migrated, empty database for one test."""
+    if is_postgres():
+        engine = make_engine(migrated_template)
+        tables = [t.name for t in import_all_models().sorted_tables]
+        if tables:
+            with engine.begin() as conn:
+                names = ", ".join(f'"{t}"' for t in tables)
+                conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        engine.dispose()
+        return migrated_template
+    source = Path(make_url(migrated_template).database or "")
+    target = tmp_path / "kiban.sqlite"
+    shutil.copyfile(source, target)
+    return f"sqlite:///{target}"
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    eng = make_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def session_maker(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
+
+
+@pytest.fixture
+def session(session_maker: sessionmaker[Session]) -> Iterator[Session]:
+    with session_maker() as s:
+        yield s
