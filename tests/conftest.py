@@ -89,3 +89,16 @@ def session_maker(engine: Engine) -> sessionmaker[Session]:
 def session(session_maker: sessionmaker[Session]) -> Iterator[Session]:
     with session_maker() as s:
         yield s
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL run (KIBAN_TEST_DB_ONLY=1) keep only the tests that use a database."""
+    if not os.environ.get("KIBAN_TEST_DB_ONLY"):
+        return
+    keep, drop = [], []
+    for item in items:
+        uses_db = bool({"db_url", "migrated_template"} & set(getattr(item, "fixturenames", ())))
+        (keep if uses_db or item.get_closest_marker("postgres") else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
