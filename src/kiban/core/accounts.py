@@ -105,8 +105,9 @@ def _normalise_password(password: str) -> bytes:
     return unicodedata.normalize("NFKC", password).encode("utf-8")
 
 
-def hash_password(password: str, *, n: int = SCRYPT_N, r: int = SCRYPT_R, p: int = SCRYPT_P) -> str:
-    """An encoded scrypt hash of ``password`` with a fresh random salt."""
+def hash_password(password: str, *, n: int | None = None, r: int | None = None, p: int | None = None) -> str:
+    """An encoded scrypt hash of ``password`` with a fresh random salt (module parameters by default)."""
+    n, r, p = n or SCRYPT_N, r or SCRYPT_R, p or SCRYPT_P
     salt = secrets.token_bytes(_SALT_BYTES)
     digest = hashlib.scrypt(
         _normalise_password(password), salt=salt, n=n, r=r, p=p, maxmem=_SCRYPT_MAXMEM, dklen=_HASH_BYTES
@@ -262,9 +263,9 @@ def authenticate(
     commits the session afterwards in every case.
     """
     now = now or utcnow()
-    user = (
-        get_user(session, username) if isinstance(username, str) and len(username) <= USERNAME_MAX else None
-    )
+    # Names that could never have been created are not looked up (NUL bytes upset PostgreSQL).
+    plausible = isinstance(username, str) and _USERNAME_RE.fullmatch(username) is not None
+    user = get_user(session, username) if plausible else None
     if user is None:
         verify_password(password, _DUMMY_HASH)
         return LoginResult("invalid")
