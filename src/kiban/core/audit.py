@@ -1,0 +1,648 @@
+"""Audit log (監査ログ, SPEC K10, §4): an append-only, hash-chained record of every access to personal data.
+
+Capabilities call :func:`record` (or :func:`audited_read`) inside the transaction that reads or
+writes personal data, so the entry commits or rolls back with the work it describes. Each entry
+carries the SHA-256 of its own canonical form, which includes the previous entry's hash; so an
+entry cannot be modified, removed or moved without breaking the chain. :func:`verify` walks the
+chain in batches; :func:`verify_data_dir` adds the sealed checkpoint that catches what a chain
+alone cannot (a cut-off tail, a chain recomputed from some point on). docs/audit.md has the
+canonical form byte for byte and the threat model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, cast
+
+import rfc8785
+from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy.exc import StatementError
+from sqlalchemy.orm import Session
+
+from kiban.core.config import Settings
+from kiban.core.database import utcnow
+from kiban.core.logging import TWELVE_DIGITS, is_secret_name
+from kiban.core.models.audit import AuditEntry, AuditHead
+
+GENESIS_HASH = "0" * 64
+# Part of every hashed entry, so that the canonical form can change later without ambiguity.
+FORMAT_VERSION = 1
+DETAIL_MAX_BYTES = 2048
+DEFAULT_BATCH_SIZE = 5000
+
+CHECKPOINT_FILE = "audit-checkpoint.json"
+SEAL_KEY_FILE = "audit-seal.key"
+
+# Common actions; others are allowed when they match _ACTION.
+ACTIONS: tuple[str, ...] = ("read", "create", "update", "delete", "provide", "refuse", "issue", "print")
+
+_ACTION = re.compile(r"[a-z][a-z0-9_]{0,31}")
+_FLAG = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+_LOG = cast(Table, AuditEntry.__table__)
+_HEAD = cast(Table, AuditHead.__table__)
+_HASHED_FIELDS = (
+    "seq",
+    "occurred_at",
+    "actor",
+    "role",
+    "organisation",
+    "action",
+    "purpose",
+    "subject",
+    "items",
+    "detail",
+    "flags",
+    "prev_hash",
+)
+
+
+class AuditError(ValueError):
+    """An audit entry was refused: ``field`` broke ``rule``. Nothing was written."""
+
+    def __init__(self, field: str, rule: str) -> None:
+        self.field = field
+        self.rule = rule
+        super().__init__(f"audit entry field {field!r}: {rule}")
+
+
+class AuditChainError(RuntimeError):
+    """The chain cannot be appended to safely (its head row is gone while entries exist)."""
+
+
+class CheckpointError(RuntimeError):
+    """The sealed checkpoint in the data directory is unreadable, unsigned or forged."""
+
+
+class Problem(StrEnum):
+    """What :func:`verify` found wrong, in the words an auditor would use."""
+
+    MODIFIED = "modified"  # an entry's content no longer matches its hash
+    DELETED = "deleted"  # a gap in seq
+    REORDERED = "reordered"  # an entry sits where neither its content nor its link belong
+    TRUNCATED = "truncated"  # entries are missing from the end
+    HEAD_MISMATCH = "head_mismatch"  # the chain disagrees with its head or the sealed checkpoint
+    BAD_CHECKPOINT = "bad_checkpoint"  # the checkpoint file itself is forged or unreadable
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A sealed (HMAC-signed) record that the chain once reached ``seq`` with ``hash``."""
+
+    seq: int
+    hash: str
+    sealed_at: datetime
+    mac: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of :func:`verify`. ``first_bad_seq`` names the earliest entry that cannot be trusted."""
+
+    ok: bool
+    checked: int
+    head_seq: int
+    head_hash: str
+    first_bad_seq: int | None = None
+    problem: Problem | None = None
+    message: str = ""
+    checkpoint_seq: int | None = None
+
+    def summary(self) -> str:
+        if self.ok:
+            text = (
+                f"audit log intact: {self.checked} entries verified, "
+                f"head seq {self.head_seq} {self.head_hash}"
+            )
+            if self.checkpoint_seq is not None:
+                text += f"; sealed checkpoint at seq {self.checkpoint_seq}"
+            return text
+        where = f"entry {self.first_bad_seq}" if self.first_bad_seq is not None else "checkpoint"
+        problem = self.problem.value if self.problem else "problem"
+        return (
+            f"audit log TAMPERED: {where} {problem}: {self.message} "
+            f"({self.checked} entries verified before it)"
+        )
+
+
+# --- canonical form -----------------------------------------------------------------------------
+
+
+def format_time(moment: datetime) -> str:
+    """The canonical text of a timestamp: UTC, microseconds, ``Z`` (``2026-11-25T07:43:19.123456Z``)."""
+    if moment.tzinfo is None:
+        raise AuditError("occurred_at", "must be timezone-aware")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_form(fields: Mapping[str, Any]) -> bytes:
+    """RFC 8785 (JCS) bytes of the hashed fields of an entry plus ``"v": 1``; see docs/audit.md."""
+    document: dict[str, Any] = {name: fields[name] for name in _HASHED_FIELDS}
+    document["occurred_at"] = format_time(fields["occurred_at"])
+    document["v"] = FORMAT_VERSION
+    return rfc8785.dumps(document)
+
+
+def compute_hash(fields: Mapping[str, Any]) -> str:
+    """SHA-256 (lower-case hex) of :func:`canonical_form`."""
+    return hashlib.sha256(canonical_form(fields)).hexdigest()
+
+
+def entry_hash(entry: AuditEntry) -> str:
+    """The hash ``entry`` should carry, recomputed from its columns."""
+    return compute_hash({name: getattr(entry, name) for name in _HASHED_FIELDS})
+
+
+# --- appending ----------------------------------------------------------------------------------
+
+
+def record(
+    session: Session,
+    *,
+    actor: str,
+    role: str,
+    action: str,
+    purpose: str,
+    subject: str,
+    items: Sequence[str],
+    organisation: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+    flags: Iterable[str] = (),
+    occurred_at: datetime | None = None,
+) -> AuditEntry:
+    """Append one entry to the audit log in ``session``'s transaction and return it.
+
+    ``actor`` is who acted (a user name or a system's id), ``role`` the role they acted in,
+    ``organisation`` their municipality code or agency id, ``action`` what they did (see
+    :data:`ACTIONS`), ``purpose`` why (e.g. a 事務 code), ``subject`` whose data (a 住民票コード;
+    "" when no one's), ``items`` which data items, ``detail`` a small JSON object of context
+    (never secrets, never personal data itself), ``flags`` markers such as ``dv_restricted``.
+
+    The entry is flushed but not committed: a rollback of the caller's transaction drops it and
+    the chain's head with it. Appends are serialised by the head row's lock, held until the
+    caller's transaction ends; keep audited transactions short. Bad input raises
+    :class:`AuditError` and writes nothing.
+    """
+    fields = _validated(
+        actor=actor,
+        role=role,
+        action=action,
+        purpose=purpose,
+        subject=subject,
+        items=items,
+        organisation=organisation,
+        detail=detail,
+        flags=flags,
+        occurred_at=occurred_at if occurred_at is not None else utcnow(),
+    )
+    seq, prev_hash = _claim_next_seq(session)
+    fields.update(seq=seq, prev_hash=prev_hash)
+    fields["hash"] = compute_hash(fields)
+    entry = AuditEntry(**fields)
+    session.add(entry)
+    session.flush()
+    session.execute(update(_HEAD).where(_HEAD.c.id == 1).values(hash=fields["hash"]))
+    return entry
+
+
+def audited_read(
+    session: Session,
+    *,
+    actor: str,
+    role: str,
+    purpose: str,
+    subject: str,
+    items: Sequence[str],
+    organisation: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+    flags: Iterable[str] = (),
+) -> AuditEntry:
+    """Record that ``actor`` reads ``items`` of ``subject`` for ``purpose`` (action ``read``).
+
+    Call it in the same transaction as the read itself, before the data leaves the function:
+    ``audited_read(session, actor=user, role="clerk", purpose="住民票の写しの交付",
+    subject=code, items=["name", "address"])``.
+    """
+    return record(
+        session,
+        actor=actor,
+        role=role,
+        action="read",
+        purpose=purpose,
+        subject=subject,
+        items=items,
+        organisation=organisation,
+        detail=detail,
+        flags=flags,
+    )
+
+
+def history(session: Session, subject: str, *, limit: int = 1000) -> list[AuditEntry]:
+    """The newest ``limit`` entries about ``subject``, oldest first (who looked at my data)."""
+    newest = session.scalars(
+        select(AuditEntry).where(AuditEntry.subject == subject).order_by(AuditEntry.seq.desc()).limit(limit)
+    ).all()
+    return list(reversed(newest))
+
+
+def _claim_next_seq(session: Session) -> tuple[int, str]:
+    """Take the head row's lock by bumping its seq; return the new seq and the previous hash.
+
+    Updating first (rather than reading first) is what keeps the chain linear: on PostgreSQL the
+    UPDATE waits for the row lock and then sees the committed head; on SQLite it takes the write
+    lock before anything is read.
+    """
+    bump = (
+        update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
+    )
+    row = session.execute(bump).first()
+    if row is None:
+        _recreate_head(session)
+        row = session.execute(bump).one()
+    return int(row.seq), str(row.hash)
+
+
+def _recreate_head(session: Session) -> None:
+    # The head row is missing: fine for an empty log (e.g. after TRUNCATE), not otherwise.
+    values = {"id": 1, "seq": 0, "hash": GENESIS_HASH}
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        # Concurrent recreators wait on the conflict, then find the row made by the first.
+        statement: Any = pg_insert(_HEAD).values(values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        statement = sqlite_insert(_HEAD).values(values).on_conflict_do_nothing()
+    else:
+        statement = insert(_HEAD).values(values)
+    # RETURNING rather than rowcount, which some drivers leave at -1 for INSERT … ON CONFLICT.
+    created = session.execute(statement.returning(_HEAD.c.id)).first() is not None
+    if created and session.execute(select(func.max(_LOG.c.seq))).scalar() is not None:
+        raise AuditChainError(
+            "audit_head row is missing while audit_log has entries; run `kiban audit verify`"
+        )
+
+
+# --- validation ---------------------------------------------------------------------------------
+
+
+def _text(field: str, value: object, *, max_len: int, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise AuditError(field, f"must be a string, not {type(value).__name__}")
+    if not value and not allow_empty:
+        raise AuditError(field, "must not be empty")
+    if len(value) > max_len:
+        raise AuditError(field, f"must be at most {max_len} characters (got {len(value)})")
+    if _CONTROL.search(value):
+        raise AuditError(field, "must not contain control characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise AuditError(field, "must be valid Unicode (no lone surrogates)") from exc
+    if TWELVE_DIGITS.search(unicodedata.normalize("NFKC", value)):
+        raise AuditError(
+            field, "must not contain a 12-digit number (a 個人番号 never goes into the audit log)"
+        )
+    return value
+
+
+def _validated(
+    *,
+    actor: str,
+    role: str,
+    action: str,
+    purpose: str,
+    subject: str,
+    items: Sequence[str],
+    organisation: str | None,
+    detail: Mapping[str, Any] | None,
+    flags: Iterable[str],
+    occurred_at: datetime,
+) -> dict[str, Any]:
+    if not isinstance(action, str) or not _ACTION.fullmatch(action):
+        raise AuditError("action", "must be lower-case letters, digits and '_', starting with a letter, ≤ 32")
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise AuditError("items", "must be a list of data item names, not a single string")
+    item_list = [_text(f"items[{i}]", item, max_len=100) for i, item in enumerate(items)]
+    flag_set = set()
+    for flag in flags if not isinstance(flags, str) else [flags]:
+        if not isinstance(flag, str) or not _FLAG.fullmatch(flag):
+            raise AuditError(
+                "flags", f"{flag!r} must be lower-case letters, digits and '_' (e.g. dv_restricted)"
+            )
+        flag_set.add(flag)
+    if not isinstance(occurred_at, datetime) or occurred_at.tzinfo is None:
+        raise AuditError("occurred_at", "must be a timezone-aware datetime")
+    return {
+        "occurred_at": occurred_at.astimezone(UTC),
+        "actor": _text("actor", actor, max_len=200),
+        "role": _text("role", role, max_len=64),
+        "organisation": None if organisation is None else _text("organisation", organisation, max_len=64),
+        "action": action,
+        "purpose": _text("purpose", purpose, max_len=200),
+        "subject": _text("subject", subject, max_len=64, allow_empty=True),
+        "items": item_list,
+        "detail": _validated_detail(detail),
+        "flags": sorted(flag_set),
+    }
+
+
+def _validated_detail(detail: Mapping[str, Any] | None) -> dict[str, Any]:
+    if detail is None:
+        return {}
+    if not isinstance(detail, Mapping):
+        raise AuditError("detail", f"must be a JSON object (a mapping), not {type(detail).__name__}")
+    plain = _plain_json("detail", detail)
+    try:
+        size = len(rfc8785.dumps(plain))
+    except rfc8785.CanonicalizationError as exc:
+        raise AuditError("detail", f"must be canonical JSON (RFC 8785): {exc}") from exc
+    if size > DETAIL_MAX_BYTES:
+        raise AuditError("detail", f"must be at most {DETAIL_MAX_BYTES} bytes as JSON (got {size})")
+    assert isinstance(plain, dict)
+    return plain
+
+
+def _plain_json(path: str, value: Any) -> Any:
+    """A copy of ``value`` as plain JSON types, refusing secrets and 個人番号-like values."""
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for key, inner in value.items():
+            if not isinstance(key, str):
+                raise AuditError(path, f"keys must be strings, not {type(key).__name__}")
+            if is_secret_name(key):
+                raise AuditError(f"{path}.{key}", "looks like a secret; secrets never go into the audit log")
+            out[key] = _plain_json(f"{path}.{key}", inner)
+        return out
+    if isinstance(value, list | tuple):
+        return [_plain_json(f"{path}[{i}]", inner) for i, inner in enumerate(value)]
+    if isinstance(value, str):
+        return _text(path, value, max_len=DETAIL_MAX_BYTES, allow_empty=True)
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        _text(path, str(value), max_len=DETAIL_MAX_BYTES)
+        return value
+    raise AuditError(
+        path, f"must be JSON (string, number, boolean, null, list, object), not {type(value).__name__}"
+    )
+
+
+# --- verification -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Unreadable:
+    seq: int
+    error: str
+
+
+def verify(
+    session: Session,
+    *,
+    checkpoint: Checkpoint | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> VerifyReport:
+    """Walk the whole chain in ``batch_size`` batches and report the first entry that fails.
+
+    Checks, for each entry in seq order: no gap in seq, its hash matches its content, its
+    prev_hash matches the previous entry's hash. Then that the last entry is the head recorded in
+    ``audit_head`` and, given an (already authenticated) ``checkpoint``, that the chain still
+    reaches the checkpoint's seq with the checkpoint's hash. Entries appended while it runs are
+    verified too. Memory stays at one batch however long the log is.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    last_seq, last_hash, checked = 0, GENESIS_HASH, 0
+    hash_at_checkpoint = GENESIS_HASH if checkpoint is not None and checkpoint.seq == 0 else None
+
+    def bad(seq: int | None, problem: Problem, message: str) -> VerifyReport:
+        return VerifyReport(False, checked, last_seq, last_hash, seq, problem, message)
+
+    while True:
+        rows = _fetch(session, last_seq, batch_size)
+        if not rows:
+            max_seq, head = _tail_and_head(session)
+            if max_seq is not None and max_seq > last_seq:
+                continue  # appended while we were reading
+            break
+        for row in rows:
+            expected = last_seq + 1
+            if isinstance(row, _Unreadable):
+                return bad(row.seq, Problem.MODIFIED, f"entry {row.seq} cannot be read back: {row.error}")
+            seq = int(row["seq"])
+            if seq > expected:
+                missing = (
+                    f"entry {expected} is" if seq == expected + 1 else f"entries {expected}–{seq - 1} are"
+                )
+                return bad(expected, Problem.DELETED, f"{missing} missing (the next entry is {seq})")
+            if seq < expected:
+                return bad(seq, Problem.MODIFIED, f"entry has seq {seq}, outside the chain (starts at 1)")
+            try:
+                self_ok = compute_hash(row) == row["hash"]
+            except (AuditError, rfc8785.CanonicalizationError, TypeError, ValueError):
+                self_ok = False
+            link_ok = row["prev_hash"] == last_hash
+            if not self_ok and link_ok:
+                return bad(seq, Problem.MODIFIED, f"entry {seq}'s content does not match its hash")
+            if not self_ok:
+                return bad(
+                    seq,
+                    Problem.REORDERED,
+                    f"entry {seq} does not belong here: neither its content nor its link to entry "
+                    f"{seq - 1} match this position",
+                )
+            if not link_ok:
+                if seq == 1:
+                    return bad(1, Problem.MODIFIED, "entry 1 does not start from the genesis hash")
+                return bad(
+                    seq - 1,
+                    Problem.MODIFIED,
+                    f"entry {seq - 1}'s hash was recomputed after a change: entry {seq} still links "
+                    "to the original",
+                )
+            last_seq, last_hash = seq, str(row["hash"])
+            checked += 1
+            if checkpoint is not None and seq == checkpoint.seq:
+                hash_at_checkpoint = last_hash
+
+    if head is None:
+        if last_seq != 0:
+            return bad(last_seq, Problem.HEAD_MISMATCH, "the audit_head row is missing")
+    elif head[0] > last_seq:
+        return bad(
+            last_seq + 1,
+            Problem.TRUNCATED,
+            f"entries after {last_seq} are missing from the end (the head says {head[0]})",
+        )
+    elif head[0] < last_seq:
+        return bad(
+            head[0] + 1,
+            Problem.HEAD_MISMATCH,
+            f"entries after {head[0]} were added behind the log's back (the head says {head[0]})",
+        )
+    elif head[1] != last_hash:
+        return bad(last_seq, Problem.HEAD_MISMATCH, f"entry {last_seq}'s hash differs from the head's")
+    if checkpoint is not None:
+        if checkpoint.seq > last_seq:
+            return bad(
+                last_seq + 1,
+                Problem.TRUNCATED,
+                f"entries after {last_seq} are missing: the sealed checkpoint of "
+                f"{format_time(checkpoint.sealed_at)} saw seq {checkpoint.seq}",
+            )
+        if hash_at_checkpoint != checkpoint.hash:
+            return bad(
+                checkpoint.seq,
+                Problem.HEAD_MISMATCH,
+                f"the chain up to entry {checkpoint.seq} was rewritten: its hash differs from the "
+                f"sealed checkpoint of {format_time(checkpoint.sealed_at)}",
+            )
+    return VerifyReport(True, checked, last_seq, last_hash)
+
+
+def _fetch(session: Session, after: int, limit: int) -> list[Mapping[str, Any] | _Unreadable]:
+    """Up to ``limit`` entries after seq ``after``; a row whose columns cannot be decoded is reported."""
+    query = select(_LOG).where(_LOG.c.seq > after).order_by(_LOG.c.seq).limit(limit)
+    try:
+        return [dict(row._mapping) for row in session.execute(query)]
+    except (StatementError, ValueError, TypeError):
+        pass
+    # Some row holds a value the column type cannot decode (e.g. broken JSON): find which.
+    seqs = session.scalars(select(_LOG.c.seq).where(_LOG.c.seq > after).order_by(_LOG.c.seq).limit(limit))
+    rows: list[Mapping[str, Any] | _Unreadable] = []
+    for seq in list(seqs):
+        try:
+            rows.append(dict(session.execute(select(_LOG).where(_LOG.c.seq == seq)).one()._mapping))
+        except (StatementError, ValueError, TypeError) as exc:
+            rows.append(_Unreadable(int(seq), type(exc).__name__))
+    return rows
+
+
+def _tail_and_head(session: Session) -> tuple[int | None, tuple[int, str] | None]:
+    # One statement, so that both values come from the same snapshot.
+    tail = select(func.max(_LOG.c.seq)).scalar_subquery()
+    row = session.execute(
+        select(tail, _HEAD.c.seq, _HEAD.c.hash).select_from(_HEAD).where(_HEAD.c.id == 1)
+    ).first()
+    if row is None:
+        return session.execute(select(func.max(_LOG.c.seq))).scalar(), None
+    return row[0], (int(row[1]), str(row[2]))
+
+
+# --- sealed checkpoint --------------------------------------------------------------------------
+
+
+def _mac(key: bytes, seq: int, digest: str, sealed_at: str) -> str:
+    message = f"kiban-audit-checkpoint\n{FORMAT_VERSION}\n{seq}\n{digest}\n{sealed_at}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def seal_key(settings: Settings, *, create: bool = False) -> bytes | None:
+    """The checkpoint's HMAC key from ``keys/audit-seal.key``; made (0600) when ``create``."""
+    path = settings.keys_dir / SEAL_KEY_FILE
+    if not path.exists():
+        if not create:
+            return None
+        settings.ensure_dirs()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except ValueError as exc:
+        raise CheckpointError(f"{path} does not hold a hex key") from exc
+
+
+def read_checkpoint(settings: Settings) -> Checkpoint | None:
+    """The sealed checkpoint of ``settings.data_dir``, or None when none was written yet.
+
+    Raises :class:`CheckpointError` when the file is malformed, its key is missing, or its MAC
+    does not match (someone edited it).
+    """
+    path = settings.data_dir / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        seq, digest, sealed_at, mac = (
+            int(raw["seq"]),
+            str(raw["hash"]),
+            str(raw["sealed_at"]),
+            str(raw["mac"]),
+        )
+        moment = datetime.fromisoformat(sealed_at.replace("Z", "+00:00"))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from exc
+    key = seal_key(settings)
+    if key is None:
+        raise CheckpointError(f"{path} exists but its key {settings.keys_dir / SEAL_KEY_FILE} is missing")
+    if (
+        seq < 0
+        or not _HEX64.fullmatch(digest)
+        or not hmac.compare_digest(mac, _mac(key, seq, digest, sealed_at))
+    ):
+        raise CheckpointError(
+            f"{path} has a bad seal: it was not written by Kiban with this data directory's key"
+        )
+    return Checkpoint(seq, digest, moment, mac)
+
+
+def write_checkpoint(settings: Settings, seq: int, digest: str) -> Checkpoint:
+    """Seal (seq, hash) into the data directory's checkpoint file, atomically."""
+    key = seal_key(settings, create=True)
+    assert key is not None
+    moment = utcnow()
+    sealed_at = format_time(moment)
+    mac = _mac(key, seq, digest, sealed_at)
+    path = settings.data_dir / CHECKPOINT_FILE
+    temporary = path.with_suffix(".tmp")
+    temporary.write_text(
+        json.dumps({"seq": seq, "hash": digest, "sealed_at": sealed_at, "mac": mac}, indent=2) + "\n"
+    )
+    os.chmod(temporary, 0o600)
+    os.replace(temporary, path)
+    return Checkpoint(seq, digest, moment, mac)
+
+
+def verify_data_dir(
+    session: Session, settings: Settings, *, seal: bool = True, batch_size: int = DEFAULT_BATCH_SIZE
+) -> VerifyReport:
+    """:func:`verify` against the data directory's sealed checkpoint; on success, seal the new head.
+
+    This is what ``kiban audit verify`` runs. A forged or unreadable checkpoint is itself a
+    failure (``bad_checkpoint``), after the chain has been checked without it.
+    """
+    try:
+        checkpoint = read_checkpoint(settings)
+    except CheckpointError as exc:
+        report = verify(session, batch_size=batch_size)
+        if not report.ok:
+            return report
+        return replace(report, ok=False, problem=Problem.BAD_CHECKPOINT, message=str(exc))
+    report = verify(session, checkpoint=checkpoint, batch_size=batch_size)
+    if report.ok and seal:
+        written = write_checkpoint(settings, report.head_seq, report.head_hash)
+        return replace(report, checkpoint_seq=written.seq)
+    if report.ok and checkpoint is not None:
+        return replace(report, checkpoint_seq=checkpoint.seq)
+    return report
+
+
+def checkpoint_path(settings: Settings) -> Path:
+    return settings.data_dir / CHECKPOINT_FILE
