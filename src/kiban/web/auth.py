@@ -283,6 +283,8 @@ def _login_page(
             "username": username,
             "next": next_url,
             "logged_out": request.query_params.get("logged_out"),
+            "max_failed": accounts.MAX_FAILED_LOGINS,
+            "lockout_minutes": int(accounts.LOCKOUT_DURATION.total_seconds() // 60),
         },
         status_code=status_code,
     )
