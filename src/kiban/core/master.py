@@ -302,7 +302,12 @@ def municipalities(*, include_wards: bool = True) -> list[Municipality]:
     return [m for m in _master().municipalities.values() if include_wards or m.is_municipality]
 
 
+_FULL_WIDTH_DIGITS = str.maketrans("０１２３４５６７８９", "0123456789")
+
+
 def _validated(code: str) -> str:
+    if isinstance(code, str):
+        code = code.strip().translate(_FULL_WIDTH_DIGITS)  # Japanese input: full-width digits
     if not isinstance(code, str) or len(code) != 6 or not code.isascii() or not code.isdigit():
         raise MasterError("municipality_code", "six ASCII digits", f"{code!r} is not a 6-digit code")
     if int(code[5]) != _check_digit(code[:5]):

@@ -303,8 +303,14 @@ def load_population(
     started = time.perf_counter()
     batches = _batches(build_rows(households, resident_code_source, individual_number_for), batch_size)
     postgres = engine.dialect.name == "postgresql"
-    for number, (hh_rows, res_rows) in enumerate(batches, start=1):
+    number = 0
+    while True:
+        number += 1
         try:
+            batch = next(batches, None)
+            if batch is None:
+                break
+            hh_rows, res_rows = batch
             if postgres:
                 _load_postgres(engine, hh_rows, res_rows)
             else:

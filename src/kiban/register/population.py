@@ -324,22 +324,16 @@ class _Generator:
             couple = kind is HouseholdKind.COUPLE_WITH_CHILDREN
             eldest = self._age("child" if couple else "child_single_parent", 0, 58 if couple else 70)
             mother = eldest + self._gap(30, 4.5, 20, 42)
-            father = mother + self._gap(2, 3, -4, 10)
+            father = min(max(mother + self._gap(2, 3, -4, 10), eldest + 20), eldest + 45)
             count = 1 + bisect.bisect_right((0.45, 0.85, 0.98) if couple else (0.65, 0.93), rng.random())
-            ages = [eldest]
-            for _ in range(count - 1):
-                younger = ages[-1] - rng.randint(1, 5)
-                if younger < 0 or mother - younger > 45:
-                    break
-                ages.append(younger)
+            ages = self._children([mother, father] if couple else [mother], eldest, count)
             if couple:
-                if father - eldest > 45:
-                    father = eldest + 45
                 out += [(father, Sex.MALE, "世帯主", "a"), (mother, Sex.FEMALE, "妻", "a")]
             elif rng.random() < 0.8:
                 out.append((mother, Sex.FEMALE, "世帯主", "a"))
             else:
                 out.append((father, Sex.MALE, "世帯主", "a"))
+                ages = [a for a in ages if father - a <= 45]
             out += [(a, self._sex_for_age(a), "子", "a") for a in ages]
         else:
             middle = self._age("three_generation", 25, 70)
@@ -350,16 +344,16 @@ class _Generator:
             roll = rng.random()
             if roll < 0.5:
                 elders = [
-                    (middle + elder_gap + self._gap(2, 2, 0, 8), Sex.MALE),
+                    (middle + min(45, elder_gap + self._gap(2, 2, 0, 8)), Sex.MALE),
                     (middle + elder_gap, Sex.FEMALE),
                 ]
             elif roll < 0.85:
                 elders = [(middle + elder_gap, Sex.FEMALE)]
             else:
                 elders = [(middle + elder_gap, Sex.MALE)]
-            child_gap = self._gap(30, 4, 20, 42)
-            kids = [wife - child_gap - i * rng.randint(2, 4) for i in range(rng.choice((0, 1, 1, 2, 2, 3)))]
-            kids = [k for k in kids if k >= 0]
+            kid_count = rng.choice((0, 1, 1, 2, 2, 3))
+            eldest_kid = max(min(middle, wife) - self._gap(30, 4, 20, 42), max(middle, wife) - 45)
+            kids = self._children([middle, wife], eldest_kid, kid_count) if kid_count else []
             group = "b" if wifes_parents else "a"
             if not wifes_parents and elders[0][0] < 78 and rng.random() < 0.4:
                 # The grandparent generation heads the household.
@@ -379,6 +373,15 @@ class _Generator:
         if any(not 0 <= m[0] <= MAX_AGE for m in out) or out[0][0] < 18:
             return None
         return out
+
+    def _children(self, parents: list[int], eldest: int, count: int) -> list[int]:
+        """Ages of up to ``count`` siblings, each parent 20–45 years older than every child."""
+        ages: list[int] = []
+        age = eldest
+        while len(ages) < count and age >= 0 and all(20 <= p - age <= 45 for p in parents):
+            ages.append(age)
+            age -= self.rng.randint(1, 5)
+        return ages
 
     # -- addresses -----------------------------------------------------------------------------
 
