@@ -287,6 +287,43 @@ def test_concurrent_appends_keep_one_linear_chain(
     assert report.checked == threads * per_thread
 
 
+def test_verify_streams_in_batches(
+    session_maker: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add(session_maker, 30)
+    sizes: list[int] = []
+    fetch = audit._fetch
+
+    def counting(session: Session, after: int, limit: int) -> Any:
+        rows = fetch(session, after, limit)
+        sizes.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(audit, "_fetch", counting)
+    report = check(session_maker, batch_size=7)
+    assert (report.ok, report.checked) == (True, 30)
+    assert sizes == [7, 7, 7, 7, 2, 0]
+
+
+def test_entries_appended_during_verify_are_verified_too(
+    session_maker: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add(session_maker, 3)
+    fetch = audit._fetch
+    appended: list[int] = []
+
+    def racing(session: Session, after: int, limit: int) -> Any:
+        rows = fetch(session, after, limit)
+        if not rows and not appended:  # another request commits just as the walk reaches the end
+            appended.append(add(session_maker, 1)[0].seq)
+        return rows
+
+    monkeypatch.setattr(audit, "_fetch", racing)
+    report = check(session_maker)
+    assert appended == [4]
+    assert (report.ok, report.checked, report.head_seq) == (True, 4, 4)
+
+
 # --- tampering ---------------------------------------------------------------------------------
 
 
@@ -490,12 +527,12 @@ def test_the_checkpoint_advances_and_new_entries_verify(
     with session_maker() as session:
         unsealed = verify_data_dir(session, settings_, seal=False)
     assert (unsealed.ok, unsealed.head_seq, unsealed.checkpoint_seq) == (True, 5, 3)
-    assert json.loads((settings_.data_dir / audit.CHECKPOINT_FILE).read_text())["seq"] == 3
+    assert json.loads((audit.checkpoint_path(settings_)).read_text())["seq"] == 3
     key = settings_.keys_dir / audit.SEAL_KEY_FILE
     assert key.stat().st_mode & 0o077 == 0
 
 
-@pytest.mark.parametrize("edit", ["seq", "hash", "mac", "garbage", "no key"])
+@pytest.mark.parametrize("edit", ["seq", "hash", "mac", "garbage", "no key", "removed"])
 def test_a_forged_checkpoint_file_is_reported(
     session_maker: sessionmaker[Session], tmp_path: Path, edit: str
 ) -> None:
@@ -503,7 +540,7 @@ def test_a_forged_checkpoint_file_is_reported(
     add(session_maker, 3)
     with session_maker() as session:
         assert verify_data_dir(session, settings_).ok
-    path = settings_.data_dir / audit.CHECKPOINT_FILE
+    path = audit.checkpoint_path(settings_)
     content = json.loads(path.read_text())
     if edit == "seq":
         content["seq"] = 2
@@ -515,6 +552,8 @@ def test_a_forged_checkpoint_file_is_reported(
         path.write_text("{")
     elif edit == "no key":
         (settings_.keys_dir / audit.SEAL_KEY_FILE).unlink()
+    elif edit == "removed":
+        path.unlink()
     else:
         path.write_text(json.dumps(content))
     with session_maker() as session:
@@ -640,7 +679,7 @@ def test_cli_verify_on_a_data_directory(tmp_path: Path, monkeypatch: pytest.Monk
         ok = _cli(["audit", "verify", "--data", str(data)])
         assert ok.exit_code == 0, ok.output
         assert "intact: 4 entries" in ok.output
-        assert (data / audit.CHECKPOINT_FILE).is_file()
+        assert audit.checkpoint_path(Settings(data_dir=data)).is_file()
         listed = _cli(["audit", "history", SUBJECT, "--data", str(data)])
         assert listed.exit_code == 0
         assert len(listed.output.strip().splitlines()) == 4
@@ -671,6 +710,29 @@ def test_cli_verify_honours_kiban_database_url(
     cut = _cli(["audit", "verify", "--data", str(data)])
     assert cut.exit_code == 1
     assert "entry 3 truncated" in cut.output
+
+
+def test_cli_reset_checkpoint_accepts_a_known_cut(
+    db_url: str,
+    session_maker: sessionmaker[Session],
+    engine: Engine,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After a restore from an older backup the tail is really gone; the operator says so.
+    monkeypatch.setenv("KIBAN_DATABASE_URL", db_url)
+    data = str(tmp_path / "node")
+    add(session_maker, 4)
+    assert _cli(["audit", "verify", "--data", data]).exit_code == 0
+    with as_dba(engine) as conn:
+        conn.execute(delete(LOG).where(LOG.c.seq == 4))
+        conn.execute(update(HEAD).values(seq=3, hash=row(engine, 3)["hash"]))
+    assert _cli(["audit", "verify", "--data", data, "--no-seal"]).exit_code == 1
+    assert _cli(["audit", "verify", "--data", data]).exit_code == 1  # a failed run never reseals
+    reset = _cli(["audit", "verify", "--data", data, "--reset-checkpoint"])
+    assert reset.exit_code == 0, reset.output
+    assert "sealed checkpoint at seq 3" in reset.output
+    assert _cli(["audit", "verify", "--data", data]).exit_code == 0
 
 
 def test_cli_verify_without_a_database_exits_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

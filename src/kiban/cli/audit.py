@@ -21,6 +21,11 @@ def verify_command(
     seal: bool = typer.Option(
         True, "--seal/--no-seal", help="After a clean run, seal the new head into the checkpoint file."
     ),
+    reset_checkpoint: bool = typer.Option(
+        False,
+        "--reset-checkpoint",
+        help="Ignore the sealed checkpoint and seal the current head (after a restore from backup).",
+    ),
     batch_size: int = typer.Option(5000, "--batch-size", min=1, help="Entries read per query."),
 ) -> None:
     """Verify every entry of the audit log; exit 0 when intact, 1 naming the first bad entry."""
@@ -36,7 +41,9 @@ def verify_command(
     engine = make_engine(url)
     try:
         with session_factory(engine)() as session:
-            report = verify_data_dir(session, settings, seal=seal, batch_size=batch_size)
+            report = verify_data_dir(
+                session, settings, seal=seal, reset=reset_checkpoint, batch_size=batch_size
+            )
     except SQLAlchemyError as exc:
         typer.echo(
             f"cannot read the audit log: {type(exc).__name__}: {exc.args[0] if exc.args else ''}", err=True

@@ -575,8 +575,12 @@ def read_checkpoint(settings: Settings) -> Checkpoint | None:
     Raises :class:`CheckpointError` when the file is malformed, its key is missing, or its MAC
     does not match (someone edited it).
     """
-    path = settings.data_dir / CHECKPOINT_FILE
+    path = checkpoint_path(settings)
     if not path.exists():
+        if (settings.keys_dir / SEAL_KEY_FILE).exists():
+            # Both are written together on the first seal: a key without its checkpoint means
+            # someone removed the checkpoint, e.g. to hide a cut tail.
+            raise CheckpointError(f"{path} is missing although the seal key exists")
         return None
     try:
         raw = json.loads(path.read_text())
@@ -610,7 +614,7 @@ def write_checkpoint(settings: Settings, seq: int, digest: str) -> Checkpoint:
     moment = utcnow()
     sealed_at = format_time(moment)
     mac = _mac(key, seq, digest, sealed_at)
-    path = settings.data_dir / CHECKPOINT_FILE
+    path = checkpoint_path(settings)
     temporary = path.with_suffix(".tmp")
     temporary.write_text(
         json.dumps({"seq": seq, "hash": digest, "sealed_at": sealed_at, "mac": mac}, indent=2) + "\n"
@@ -621,22 +625,29 @@ def write_checkpoint(settings: Settings, seq: int, digest: str) -> Checkpoint:
 
 
 def verify_data_dir(
-    session: Session, settings: Settings, *, seal: bool = True, batch_size: int = DEFAULT_BATCH_SIZE
+    session: Session,
+    settings: Settings,
+    *,
+    seal: bool = True,
+    reset: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> VerifyReport:
     """:func:`verify` against the data directory's sealed checkpoint; on success, seal the new head.
 
-    This is what ``kiban audit verify`` runs. A forged or unreadable checkpoint is itself a
-    failure (``bad_checkpoint``), after the chain has been checked without it.
+    This is what ``kiban audit verify`` runs. A forged, unreadable or removed checkpoint is itself
+    a failure (``bad_checkpoint``), after the chain has been checked without it. ``reset`` checks
+    the chain without the checkpoint and replaces it: the operator's deliberate step after a
+    restore from backup, when the tail beyond the backup is known to be lost.
     """
     try:
-        checkpoint = read_checkpoint(settings)
+        checkpoint = None if reset else read_checkpoint(settings)
     except CheckpointError as exc:
         report = verify(session, batch_size=batch_size)
         if not report.ok:
             return report
         return replace(report, ok=False, problem=Problem.BAD_CHECKPOINT, message=str(exc))
     report = verify(session, checkpoint=checkpoint, batch_size=batch_size)
-    if report.ok and seal:
+    if report.ok and (seal or reset):
         written = write_checkpoint(settings, report.head_seq, report.head_hash)
         return replace(report, checkpoint_seq=written.seq)
     if report.ok and checkpoint is not None:
@@ -645,4 +656,5 @@ def verify_data_dir(
 
 
 def checkpoint_path(settings: Settings) -> Path:
-    return settings.data_dir / CHECKPOINT_FILE
+    """Beside the seal key in ``keys/`` (mode 0700), so only those who hold the key can remove it."""
+    return settings.keys_dir / CHECKPOINT_FILE

@@ -46,10 +46,11 @@ SECRET_WORDS = frozenset(
 # full-width digits too. Any such run is redacted: a false positive costs a log line's detail,
 # a false negative leaks a number.
 TWELVE_DIGITS = re.compile(r"(?<!\d)\d{4}[ \-]?\d{4}[ \-]?\d{4}(?!\d)")
-# "password=hunter2", "pin: 1234", "token hunter2" inside free text.
+# "password=hunter2", "pin: 1234", "Authorization: Bearer x" inside free text. Only with "=" or
+# ":", so that "PIN locked after 3 attempts" keeps its meaning.
 _SECRET_ASSIGNMENT = re.compile(
     r"(?i)\b(password|passwd|pwd|passphrase|pin|token|secret|api[_-]?key|private[_-]?key|authorization"
-    r"|暗証番号|パスワード)(\s*[=:]\s*|\s+)(?!\[REDACTED)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
+    r"|暗証番号|パスワード)(\s*[=:：]\s*(?:bearer\s+|basic\s+)?)(?!\[REDACTED)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
 )
 _JAPANESE_SECRET_WORDS = ("暗証番号", "パスワード", "秘密鍵")
 _WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+|[^\x00-\x7f]+")
