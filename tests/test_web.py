@@ -34,6 +34,14 @@ PROBLEM_KEYS = {"type", "title", "status", "detail", "instance"}
 SECRET_IN_EXCEPTION = "db-password-hunter2"
 
 
+class RuleBroken(ValueError):
+    """Like kiban.core.identifiers.IdentifierError: str() quotes the value, attributes do not."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__(f"individual_number {value}: wrong check digit")
+        self.field, self.rule, self.detail = "individual_number", "check_digit", "wrong check digit"
+
+
 class EchoBody(BaseModel):
     count: int
     name: Annotated[str, Field(max_length=10)]
@@ -59,6 +67,10 @@ def test_capability(app: FastAPI) -> None:
     @router.get("/boom")
     def boom() -> None:
         raise RuntimeError(f"connection failed for {SECRET_IN_EXCEPTION}")
+
+    @router.get("/domain-error")
+    def domain_error() -> None:
+        raise RuleBroken("123456789019")
 
     @router.get("/conflict")
     def conflict() -> None:
@@ -482,6 +494,15 @@ def test_not_found_and_wrong_method_are_problems(env: Env) -> None:
     assert page.status_code == 404 and "ページが見つかりません" in page.text
 
 
+def test_domain_errors_with_field_and_rule_are_422_without_the_value(env: Env) -> None:
+    response = env.client.get("/test/domain-error")
+    body = assert_problem(response, 422)
+    assert body["errors"] == [
+        {"field": "individual_number", "rule": "check_digit", "message": "wrong check digit"}
+    ]
+    assert "123456789019" not in response.text
+
+
 def test_conflict_is_a_problem(env: Env) -> None:
     assert assert_problem(env.client.get("/test/conflict"), 409)["type"] == "urn:kiban:problem:conflict"
 
@@ -539,6 +560,52 @@ def test_openapi_is_served_and_docs_need_no_cdn(env: Env) -> None:
     spec = env.client.get("/openapi.json").json()
     assert {"/login", "/logout", "/healthz", "/readyz", "/metrics", "/api/session"} <= set(spec["paths"])
     assert env.client.get("/docs").status_code == 404
+    unprocessable = spec["paths"]["/login"]["post"]["responses"]["422"]["content"]
+    assert unprocessable == {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    assert spec["components"]["securitySchemes"]["csrf"]["name"] == "X-CSRF-Token"
+
+
+def test_kiban_serve_migrates_a_fresh_data_directory_and_serves(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k != "KIBAN_DATABASE_URL"}  # the data folder's SQLite
+    data = tmp_path / "data"
+    code = "import typer; from kiban.cli.serve import serve; typer.run(serve)"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "--data", str(data), "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ready = httpx.get(base + "/readyz", timeout=1)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "kiban serve did not start"
+                time.sleep(0.2)
+        assert ready.status_code == 200 and "0006_accounts" in ready.json()["schema"]
+        assert httpx.get(base + "/healthz").json() == {"status": "ok"}
+        assert httpx.get(base + "/openapi.json").json()["info"]["title"] == "Kiban"
+        assert httpx.get(base + "/", follow_redirects=False).headers["location"] == "/login"
+        assert (data / "kiban.sqlite").exists()
+        assert stat.S_IMODE((data / "keys" / "web_secret").stat().st_mode) == 0o600
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 def test_web_secret_is_created_private_and_reused(env: Env, tmp_path: Path) -> None:
@@ -626,3 +693,43 @@ def test_each_app_has_its_own_registry(env: Env, tmp_path: Path, db_url: str) ->
     assert 'route="/healthz"' in env.client.get("/metrics").text
     assert 'route="/healthz"' not in TestClient(other).get("/metrics").text
     other.state.engine.dispose()
+
+
+def test_capabilities_are_discovered_from_their_api_modules(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_url: str
+) -> None:
+    import sys
+
+    import kiban
+
+    root = tmp_path / "plugins"
+    (root / "zzrouter" / "templates").mkdir(parents=True)
+    (root / "zzrouter" / "__init__.py").write_text("")
+    (root / "zzrouter" / "api.py").write_text(
+        "from fastapi import APIRouter, Request\n"
+        "from kiban.web.app import render\n"
+        "router = APIRouter()\n"
+        "@router.get('/zz/page')\n"
+        "def page(request: Request):\n"
+        "    return render(request, 'zzrouter/page.html', {'word': '<転入>'})\n"
+    )
+    (root / "zzrouter" / "templates" / "page.html").write_text(
+        '{% extends "base.html" %}{% block content %}<h1>転入届</h1><p>{{ word }}</p>{% endblock %}'
+    )
+    (root / "zzhook").mkdir()
+    (root / "zzhook" / "__init__.py").write_text("")
+    (root / "zzhook" / "api.py").write_text(
+        "from kiban.web.app import NavItem, add_nav_item\n"
+        "def register_web(app):\n"
+        "    add_nav_item(app, NavItem('フック業務', '/zz/hook', roles=('national_operator',)))\n"
+    )
+    monkeypatch.setattr(kiban, "__path__", [*kiban.__path__, str(root)])
+    for name in ("kiban.zzrouter", "kiban.zzrouter.api", "kiban.zzhook", "kiban.zzhook.api"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+
+    app = create_app(Settings(data_dir=tmp_path / "data", database_url_override=db_url))
+    client = TestClient(app)
+    page = client.get("/zz/page", headers=HTML)
+    assert page.status_code == 200 and "<h1>転入届</h1>" in page.text and "&lt;転入&gt;" in page.text
+    assert NavItem("フック業務", "/zz/hook", roles=("national_operator",)) in app.state.nav
+    app.state.engine.dispose()

@@ -4,10 +4,11 @@ It carries the Japanese UI shell (base layout, ログイン, ホーム), session
 problem+json errors, health (``/healthz``), readiness (``/readyz``), Prometheus metrics
 (``/metrics``) and the OpenAPI document (``/openapi.json``).
 
-Capabilities plug in without editing this file: a module ``kiban.<capability>.web`` that
-defines ``register_web(app: FastAPI) -> None`` is found and called by :func:`create_app`. There
-it includes its routers, adds navigation with :func:`add_nav_item`, template folders with
-:func:`add_template_dir`, and metrics on ``app.state.metrics_registry``.
+Capabilities plug in without editing this file (:func:`discover_capabilities`): the module
+``kiban.<capability>.api`` either defines ``register_web(app: FastAPI) -> None`` — which includes
+its routers, adds navigation with :func:`add_nav_item` and metrics on ``app.state.metrics_registry``
+— or just a ``router`` (an ``APIRouter``), which is included as is. A ``templates/`` folder beside
+it is added under the capability's name: ``render(request, "register/resident.html", ...)``.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
+from jinja2 import BaseLoader, ChoiceLoader, Environment, FileSystemLoader, PrefixLoader, select_autoescape
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
@@ -44,7 +45,7 @@ from kiban.core.accounts import ROLE_NAMES_JA
 from kiban.core.config import Settings
 from kiban.core.database import alembic_config, make_engine, session_factory
 from kiban.web import auth
-from kiban.web.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers
+from kiban.web.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers, problem_openapi
 
 logger = logging.getLogger("kiban.web")
 
@@ -304,11 +305,17 @@ def add_nav_item(app: FastAPI, item: NavItem) -> None:
     app.state.nav.append(item)
 
 
-def add_template_dir(app: FastAPI, directory: Path | str) -> None:
-    """Let templates in ``directory`` be rendered (and ``{% extends "base.html" %}``)."""
+def add_template_dir(app: FastAPI, directory: Path | str, prefix: str | None = None) -> None:
+    """Let templates in ``directory`` be rendered, as ``<prefix>/<name>`` when a prefix is given.
+
+    They may ``{% extends "base.html" %}``; the prefix keeps capabilities' names apart.
+    """
     loader = app.state.templates.env.loader
     assert isinstance(loader, ChoiceLoader)
-    loader.loaders = [*loader.loaders, FileSystemLoader(str(directory))]
+    added: BaseLoader = FileSystemLoader(str(directory))
+    if prefix:
+        added = PrefixLoader({prefix: added})
+    loader.loaders = [*loader.loaders, added]
 
 
 def _served_paths(app: FastAPI) -> set[str]:
@@ -347,18 +354,32 @@ def render(
 
 
 def discover_capabilities() -> list[Callable[[FastAPI], None]]:
-    """Every ``kiban.<capability>.web.register_web`` in the installed package."""
+    """A registration function for every ``kiban.<capability>.api`` module in the package."""
     found: list[Callable[[FastAPI], None]] = []
     for module in sorted(pkgutil.iter_modules(kiban.__path__), key=lambda m: m.name):
-        if not module.ispkg or module.name in ("web", "cli"):
+        if not module.ispkg or module.name in ("web", "cli", "core"):
             continue
-        name = f"kiban.{module.name}.web"
+        name = f"kiban.{module.name}.api"
         if importlib.util.find_spec(name) is None:
             continue
-        register = getattr(importlib.import_module(name), "register_web", None)
-        if callable(register):
-            found.append(register)
+        found.append(_registration(module.name, importlib.import_module(name)))
     return found
+
+
+def _registration(capability: str, api: Any) -> Callable[[FastAPI], None]:
+    def register(app: FastAPI) -> None:
+        templates = Path(api.__file__).parent / "templates"
+        if templates.is_dir():
+            add_template_dir(app, templates, prefix=capability)
+        hook = getattr(api, "register_web", None)
+        if callable(hook):
+            hook(app)
+        elif isinstance(getattr(api, "router", None), APIRouter):
+            app.include_router(api.router)
+        else:
+            logger.warning("%s has neither register_web(app) nor router; nothing served", api.__name__)
+
+    return register
 
 
 def _schema_heads(url: str) -> set[str]:
@@ -482,4 +503,23 @@ def create_app(
 
     for register in discover_capabilities() if capabilities is None else capabilities:
         register(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            from fastapi.openapi.utils import get_openapi
+
+            schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+                "csrf": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": auth.CSRF_HEADER,
+                    "description": "Required on POST, PUT, PATCH and DELETE; get it from GET /api/session.",
+                },
+            }
+            app.openapi_schema = problem_openapi(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app

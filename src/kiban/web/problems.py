@@ -223,7 +223,9 @@ async def _on_problem(request: Request, exc: Exception) -> Response:
 async def _on_value_error(request: Request, exc: Exception) -> Response:
     field, rule = getattr(exc, "field", None), getattr(exc, "rule", None)
     if isinstance(field, str) and isinstance(rule, str):
-        message = str(getattr(exc, "message", exc))
+        # Only a message attribute is shown: str(exc) may quote the offending value (personal data).
+        candidates = (getattr(exc, "message", None), getattr(exc, "detail", None))
+        message = next((c for c in candidates if isinstance(c, str) and c), f"{field} breaks rule {rule}")
         return problem_response(request, validation_problem([FieldError(field, rule, message)]))
     return await _on_unexpected(request, exc)
 
@@ -244,6 +246,50 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
 
     apply_security_headers(response.headers, request.url.path)
     return response
+
+
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "title": "Problem",
+    "description": "RFC 9457 problem details.",
+    "type": "object",
+    "required": ["type", "title", "status", "detail", "instance"],
+    "properties": {
+        "type": {"type": "string", "description": "about:blank or urn:kiban:problem:<slug>"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+        "instance": {"type": "string", "description": "The request path."},
+        "errors": {"type": "array", "items": {"$ref": "#/components/schemas/FieldError"}},
+    },
+}
+FIELD_ERROR_SCHEMA: dict[str, Any] = {
+    "title": "FieldError",
+    "type": "object",
+    "required": ["field", "rule", "message"],
+    "properties": {
+        "field": {"type": "string", "description": "Dotted location, e.g. body.username"},
+        "rule": {"type": "string", "description": "Stable rule id, e.g. string_too_long"},
+        "message": {"type": "string"},
+    },
+}
+
+
+def problem_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """Make the OpenAPI document say what the API really answers on errors: problem+json."""
+    components = schema.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas["Problem"] = PROBLEM_SCHEMA
+    schemas["FieldError"] = FIELD_ERROR_SCHEMA
+    problem_content = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            if "422" in responses:
+                responses["422"] = {"description": "Validation failed", "content": problem_content}
+            responses.setdefault("default", {"description": "Error", "content": problem_content})
+    return schema
 
 
 def install_problem_handlers(app: FastAPI) -> None:
