@@ -130,6 +130,7 @@ def test_canonical_form_is_the_documented_one() -> None:
     )
     assert audit.canonical_form(fields).decode() == expected
     assert compute_hash(fields) == hashlib.sha256(expected.encode()).hexdigest()
+    assert compute_hash(fields) == "dfa9fb9eff2a0e865699307fc7bd570c8a800f424344992523dc5cadccfa1361"
     # A time given in JST hashes as the same instant in UTC.
     jst = fields["occurred_at"].astimezone(__import__("zoneinfo").ZoneInfo("Asia/Tokyo"))
     assert compute_hash({**fields, "occurred_at": jst}) == compute_hash(fields)
@@ -417,11 +418,33 @@ def test_swapped_seq_numbers_are_detected_as_reordered(
 ) -> None:
     add(session_maker, 5)
     with as_dba(engine) as conn:
-        conn.execute(update(LOG).where(LOG.c.seq == 3).values(seq=-3))
+        conn.execute(update(LOG).where(LOG.c.seq == 3).values(seq=1000))
         conn.execute(update(LOG).where(LOG.c.seq == 4).values(seq=3))
-        conn.execute(update(LOG).where(LOG.c.seq == -3).values(seq=4))
+        conn.execute(update(LOG).where(LOG.c.seq == 1000).values(seq=4))
     report = check(session_maker)
     assert (report.ok, report.problem, report.first_bad_seq) == (False, Problem.REORDERED, 3)
+
+
+def test_an_entry_outside_the_chain_is_detected(engine: Engine, session_maker: sessionmaker[Session]) -> None:
+    # A forged "who looked at my data" entry at seq 0 would never be walked; the constraint
+    # refuses it, and verify still reports it when a DBA bypasses the constraint.
+    add(session_maker, 2)
+    forged = {**row(engine, 1), "seq": 0, "actor": "nobody", "prev_hash": "f" * 64}
+    forged["hash"] = compute_hash(forged)
+    with pytest.raises(DBAPIError, match="seq_positive"), engine.begin() as conn:
+        conn.execute(LOG.insert().values(forged))
+    with engine.connect() as conn, conn.begin():
+        if engine.dialect.name == "postgresql":
+            conn.execute(text("ALTER TABLE audit_log DROP CONSTRAINT ck_audit_log_seq_positive"))
+        else:
+            conn.execute(text("PRAGMA ignore_check_constraints = ON"))
+        conn.execute(LOG.insert().values(forged))
+        report = verify(Session(bind=conn))
+        assert (report.ok, report.problem, report.first_bad_seq) == (False, Problem.MODIFIED, 0)
+        if engine.dialect.name == "sqlite":
+            conn.execute(text("PRAGMA ignore_check_constraints = OFF"))
+        conn.rollback()  # on PostgreSQL this also brings the constraint back
+    assert check(session_maker).ok
 
 
 def _forge(engine: Engine, seq: int, **changes: Any) -> str:

@@ -434,6 +434,10 @@ def verify(
     def bad(seq: int | None, problem: Problem, message: str) -> VerifyReport:
         return VerifyReport(False, checked, last_seq, last_hash, seq, problem, message)
 
+    # Rows below seq 1 would never be walked, yet would show up in history(): catch them first.
+    lowest = session.execute(select(func.min(_LOG.c.seq))).scalar()
+    if lowest is not None and lowest < 1:
+        return bad(int(lowest), Problem.MODIFIED, f"entry has seq {lowest}, outside the chain (starts at 1)")
     while True:
         rows = _fetch(session, last_seq, batch_size)
         if not rows:

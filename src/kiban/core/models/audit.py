@@ -24,6 +24,7 @@ class AuditEntry(Base):
     """
 
     __tablename__ = "audit_log"
+    __table_args__ = (CheckConstraint("seq >= 1", name="seq_positive"),)
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -53,6 +53,7 @@ def upgrade() -> None:
         sa.Column("flags", sa.JSON(), nullable=False),
         sa.Column("prev_hash", sa.String(length=64), nullable=False),
         sa.Column("hash", sa.String(length=64), nullable=False),
+        sa.CheckConstraint("seq >= 1", name=op.f("ck_audit_log_seq_positive")),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_audit_log")),
         sa.UniqueConstraint("hash", name=op.f("uq_audit_log_hash")),
     )
