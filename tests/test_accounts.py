@@ -71,6 +71,9 @@ def test_clerk_is_bound_to_one_municipality(session: Session) -> None:
     [
         ({"role": "clerk"}, "municipality_code", "required_for_clerk"),
         ({"role": "clerk", "municipality_code": "131017"}, "municipality_code", "check_digit"),
+        ({"role": "clerk", "municipality_code": "999997"}, "municipality_code", "unknown_municipality"),
+        ({"role": "clerk", "municipality_code": "13101a"}, "municipality_code", "digits_only"),
+        ({"role": "clerk", "municipality_code": "1310160"}, "municipality_code", "max_length"),
         ({"role": "clerk", "municipality_code": "13101\x00"}, "municipality_code", "control_characters"),
         ({"role": "national_operator", "municipality_code": "131016"}, "municipality_code", "clerk_only"),
         ({"role": "agency"}, "organisation", "required_for_role"),
@@ -97,6 +100,11 @@ def test_bad_input_names_field_and_rule_and_changes_nothing(
         create_user(session, **args)  # type: ignore[arg-type]
     assert (caught.value.field, caught.value.rule) == (field, rule)
     assert user_count(session) == 0
+
+
+def test_full_width_municipality_codes_are_normalised(session: Session) -> None:
+    user = create_user(session, "kana", PASSWORD, "clerk", municipality_code="１３１０４１")
+    assert user.municipality_code == "131041"
 
 
 def test_usernames_are_unique(session: Session) -> None:

@@ -181,7 +181,8 @@ def test_login_leads_to_the_home_page_with_role_and_municipality(env: Env) -> No
     assert "httponly" in cookie and "samesite=lax" in cookie and "secure" not in cookie
     home = env.client.get("/", headers=HTML)
     assert home.status_code == 200
-    assert "ホーム" in home.text and "市区町村職員" in home.text and "団体コード 131016" in home.text
+    assert "ホーム" in home.text and "市区町村職員" in home.text
+    assert "東京都千代田区（団体コード 131016）" in home.text
     assert "山田 花子" in home.text
     assert 'href="/test/clerks-only"' in home.text  # navigation a capability added
     assert "住民記録" in home.text and "準備中" in home.text  # tasks to come are not links

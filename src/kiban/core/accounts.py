@@ -22,7 +22,9 @@ from typing import Literal
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from kiban.core import master
 from kiban.core.database import utcnow
+from kiban.core.identifiers import IdentifierError, municipality_check_digit, validate_municipality_code
 from kiban.core.models.accounts import ROLES, User
 
 __all__ = [
@@ -142,12 +144,22 @@ _DUMMY_HASH = hash_password(secrets.token_urlsafe(16))
 
 
 def municipality_code_is_valid(code: str) -> bool:
-    """地方公共団体コード check digit (SPEC §3): 6 ASCII digits, last = check over the first five."""
+    """地方公共団体コード: 6 ASCII digits whose last is the check digit (SPEC §3, kiban.core.identifiers)."""
     if len(code) != 6 or not code.isascii() or not code.isdigit():
         return False
-    digits = [int(c) for c in code]
-    total = sum(d * w for d, w in zip(digits[:5], (6, 5, 4, 3, 2), strict=True))
-    return (11 - total % 11) % 10 == digits[5]
+    return municipality_check_digit(code[:5]) == int(code[5])
+
+
+def _municipality(code: str) -> str:
+    """The normalised code of an existing municipality (or ward office), else AccountError."""
+    try:
+        normalised = validate_municipality_code(code)  # full-width digits from an IME become ASCII
+        master.municipality(normalised)
+    except IdentifierError as exc:
+        raise AccountError("municipality_code", exc.rule, exc.detail) from None
+    except master.MasterError as exc:
+        raise AccountError("municipality_code", "unknown_municipality", "no such municipality") from exc
+    return normalised
 
 
 def _check_text(field: str, value: object, max_length: int) -> str:
@@ -194,13 +206,7 @@ def create_user(
     if role == "clerk":
         if municipality_code is None or municipality_code == "":
             raise AccountError("municipality_code", "required_for_clerk", "a clerk needs a municipality")
-        municipality_code = _check_text("municipality_code", municipality_code, 6)
-        if not municipality_code_is_valid(municipality_code):
-            raise AccountError(
-                "municipality_code",
-                "check_digit",
-                "must be a 6-digit 地方公共団体コード with a valid check digit",
-            )
+        municipality_code = _municipality(_check_text("municipality_code", municipality_code, 6))
     elif municipality_code is not None:
         raise AccountError("municipality_code", "clerk_only", "only clerks are bound to a municipality")
 

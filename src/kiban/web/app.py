@@ -318,6 +318,17 @@ def add_template_dir(app: FastAPI, directory: Path | str, prefix: str | None = N
     loader.loaders = [*loader.loaders, added]
 
 
+def municipality_name(code: str) -> str | None:
+    """「東京都千代田区」 for 131016, from the municipality master; None when unknown."""
+    from kiban.core import master
+
+    try:
+        found = master.municipality(code)
+    except master.MasterError:
+        return None
+    return f"{found.prefecture}{found.name}"
+
+
 def _served_paths(app: FastAPI) -> set[str]:
     return {getattr(route, "path", "") for route in app.routes}
 
@@ -434,8 +445,7 @@ def create_app(
     app.state.templates = Jinja2Templates(env=environment)
     app.state.nav = []
     app.state.login_limiter = auth.TokenBucketLimiter(options.login_burst, options.login_refill_per_second)
-    # Capabilities holding the municipality master replace this with a code → name lookup.
-    app.state.municipality_name = lambda code: None
+    app.state.municipality_name = municipality_name
     heads: set[str] = set()
 
     install_problem_handlers(app)
