@@ -327,7 +327,7 @@ def test_generator_rejects_patterns_the_rng_offers() -> None:
             super().__init__(0)
             self.values = values
 
-        def randrange(self, *args: object, **kwargs: object) -> int:  # type: ignore[override]
+        def randrange(self, *args: object, **kwargs: object) -> int:
             return self.values.pop(0)
 
     generator = ResidentCodeGenerator(Scripted([1234567890, 1111111111, 2472705960]))
@@ -507,3 +507,23 @@ def test_a_million_generated_resident_codes_validate() -> None:
 def test_module_exports_exist() -> None:
     for name in identifiers.__all__:
         assert hasattr(identifiers, name)
+
+
+def test_bench_returns_ratios_against_in_run_baselines() -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "identifiers.py"
+    spec = importlib.util.spec_from_file_location("bench_identifiers", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    results = module.run(seconds=0.02)
+    assert [r["name"] for r in results] == [
+        "validate_individual_number",
+        "individual_number_ff3_1",
+        "resident_code_generate",
+    ]
+    for r in results:
+        assert r["bench"] == "identifiers"
+        assert r["value"] > 0 and r["baseline"] > 0
+        assert r["ratio"] == pytest.approx(r["value"] / r["baseline"], rel=0.01)
