@@ -526,6 +526,16 @@ def test_oversized_bodies_are_refused_before_parsing(
     token = csrf_from(e.client.get("/login").text)
     response = e.client.post("/login", data={"username": "y" * 100_000, "password": "x", "csrf_token": token})
     assert_problem(response, 413)
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while streaming
+        yield f"csrf_token={token}&username=".encode()
+        for _ in range(100):
+            yield b"y" * 1000
+
+    streamed = e.client.post(
+        "/login", content=chunks(), headers={"content-type": "application/x-www-form-urlencoded"}
+    )
+    assert_problem(streamed, 413)
     e.app.state.engine.dispose()
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import secrets
 import threading
 import time
@@ -36,6 +37,8 @@ from kiban.core import accounts
 from kiban.core.database import transaction, utcnow
 from kiban.core.models.accounts import User, WebSession
 from kiban.web.problems import FieldError, Problem, problem_response, validation_problem, wants_html
+
+logger = logging.getLogger("kiban.web.auth")
 
 SESSION_ID_KEY = "sid"
 CSRF_KEY = "csrf"
@@ -365,6 +368,7 @@ def login(
                 )
             )
     app_state.metrics.logins.labels(outcome=result.outcome).inc()
+    logger.info("login %s for %s from %s", result.outcome, name, client)
 
     if session_token is None:
         message = {"locked": LOCKED_JA, "disabled": DISABLED_JA}.get(result.outcome, LOGIN_FAILED_JA)

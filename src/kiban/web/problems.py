@@ -208,6 +208,9 @@ async def _on_validation_error(request: Request, exc: Exception) -> Response:
 
 async def _on_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, Problem):
+        # FastAPI turns any failure while reading the body into a 400; keep ours (e.g. 413).
+        return problem_response(request, exc.__cause__)
     status = exc.status_code
     detail = exc.detail if isinstance(exc.detail, str) and status < 500 else HTTPStatus(status).description
     return problem_response(request, Problem(status, detail, headers=exc.headers))
