@@ -222,6 +222,62 @@ def test_bad_input_is_refused_naming_field_and_rule(
         assert session.scalar(select(HEAD.c.seq)) == 1
 
 
+def test_record_many_appends_in_order_after_single_records(session_maker: sessionmaker[Session]) -> None:
+    add(session_maker, 2)
+    batch = [
+        {
+            "actor": "pension-batch",
+            "role": "agency",
+            "action": "provide",
+            "purpose": "年金",
+            "subject": s,
+            "items": ["name"],
+        }
+        for s in ("11111111119", "22222222228", "33333333337")
+    ]
+    with session_maker() as session, session.begin():
+        written = audit.record_many(session, batch)
+        assert audit.record_many(session, []) == []
+    assert [(e.seq, e.subject) for e in written] == [
+        (3, "11111111119"),
+        (4, "22222222228"),
+        (5, "33333333337"),
+    ]
+    assert written[1].prev_hash == written[0].hash
+    assert len({e.occurred_at for e in written}) == 1
+    add(session_maker, 1)
+    report = check(session_maker)
+    assert (report.ok, report.checked) == (True, 6)
+
+
+@pytest.mark.parametrize(
+    ("entry", "field", "rule"),
+    [
+        ({"subject": "123456789018"}, "entries[1].subject", "12-digit"),
+        ({"colour": "red"}, "entries[1]", "unknown fields ['colour']"),
+        ({"actor": None}, "entries[1].actor", "must be a string"),
+    ],
+)
+def test_record_many_refuses_the_whole_batch_for_one_bad_entry(
+    session_maker: sessionmaker[Session], entry: dict[str, Any], field: str, rule: str
+) -> None:
+    good = {
+        "actor": "a",
+        "role": "agency",
+        "action": "provide",
+        "purpose": "p",
+        "subject": SUBJECT,
+        "items": [],
+    }
+    with pytest.raises(AuditError) as caught, session_maker() as session, session.begin():
+        audit.record_many(session, [good, {**good, **entry}, good])
+    assert (caught.value.field, rule in caught.value.rule) == (field, True)
+    with pytest.raises(AuditError, match="missing fields"), session_maker() as session, session.begin():
+        audit.record_many(session, [{"actor": "a"}])
+    with session_maker() as session:
+        assert session.scalar(select(func.count()).select_from(LOG)) == 0
+
+
 def test_update_and_delete_are_refused_by_the_database(
     engine: Engine, session_maker: sessionmaker[Session]
 ) -> None:
@@ -257,18 +313,22 @@ def test_concurrent_appends_keep_one_linear_chain(
     def work(worker: int) -> None:
         try:
             start.wait()
-            for i in range(per_thread):
-                with session_maker() as session, session.begin():
-                    record(
-                        session,
-                        actor=f"worker-{worker}",
-                        role="system",
-                        action="read",
-                        purpose="load",
-                        subject=SUBJECT,
-                        items=["name"],
-                        detail={"i": i},
-                    )
+            fields = {
+                "actor": f"worker-{worker}",
+                "role": "system",
+                "action": "read",
+                "purpose": "load",
+                "subject": SUBJECT,
+                "items": ["name"],
+            }
+            if worker % 2:  # odd workers append in batches of 5, claiming 5 seqs at once
+                for _ in range(per_thread // 5):
+                    with session_maker() as session, session.begin():
+                        audit.record_many(session, [fields] * 5)
+            else:
+                for _ in range(per_thread):
+                    with session_maker() as session, session.begin():
+                        record(session, **fields)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -623,9 +683,12 @@ def _reset(engine: Engine) -> None:
 
 
 def _append_all(factory: sessionmaker[Session], entries: list[dict[str, Any]]) -> None:
+    # Half one by one, the rest in one batch: both paths build the same chain.
+    half = len(entries) // 2
     with factory() as session, session.begin():
-        for fields in entries:
+        for fields in entries[:half]:
             record(session, **fields)
+        audit.record_many(session, entries[half:])
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

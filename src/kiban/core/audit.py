@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import rfc8785
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import BigInteger, Table, bindparam, func, insert, select, update
 from sqlalchemy.exc import StatementError
 from sqlalchemy.orm import Session
 
@@ -54,6 +54,14 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 _LOG = cast(Table, AuditEntry.__table__)
 _HEAD = cast(Table, AuditHead.__table__)
+# Built once: statement construction costs more than executing them on SQLite.
+_BUMP = (
+    update(_HEAD)
+    .where(_HEAD.c.id == 1)
+    .values(seq=_HEAD.c.seq + bindparam("count", type_=BigInteger()))
+    .returning(_HEAD.c.seq, _HEAD.c.hash)
+)
+_SET_HEAD_HASH = update(_HEAD).where(_HEAD.c.id == 1).values(hash=bindparam("new_hash"))
 _HASHED_FIELDS = (
     "seq",
     "occurred_at",
@@ -191,7 +199,7 @@ def record(
     "" when no one's), ``items`` which data items, ``detail`` a small JSON object of context
     (never secrets, never personal data itself), ``flags`` markers such as ``dv_restricted``.
 
-    The entry is flushed but not committed: a rollback of the caller's transaction drops it and
+    The entry is written but not committed: a rollback of the caller's transaction drops it and
     the chain's head with it. Appends are serialised by the head row's lock, held until the
     caller's transaction ends; keep audited transactions short. Bad input raises
     :class:`AuditError` and writes nothing.
@@ -208,14 +216,53 @@ def record(
         flags=flags,
         occurred_at=occurred_at if occurred_at is not None else utcnow(),
     )
-    seq, prev_hash = _claim_next_seq(session)
-    fields.update(seq=seq, prev_hash=prev_hash)
-    fields["hash"] = compute_hash(fields)
-    entry = AuditEntry(**fields)
-    session.add(entry)
-    session.flush()
-    session.execute(update(_HEAD).where(_HEAD.c.id == 1).values(hash=fields["hash"]))
-    return entry
+    return _append(session, [fields])[0]
+
+
+_REQUIRED = frozenset({"actor", "role", "action", "purpose", "subject", "items"})
+_OPTIONAL = frozenset({"organisation", "detail", "flags", "occurred_at"})
+
+
+def record_many(session: Session, entries: Iterable[Mapping[str, Any]]) -> list[AuditEntry]:
+    """Append several entries at once, in order (bulk provisions, data loads, batch jobs).
+
+    Each mapping takes :func:`record`'s keyword arguments. All are validated before anything is
+    written (an error names ``entries[i].field``); then one head update claims all their seqs and
+    one multi-row INSERT writes them, several times faster than a :func:`record` per entry.
+    """
+    now = utcnow()
+    validated = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise AuditError(f"entries[{i}]", "must be a mapping of record()'s keyword arguments")
+        unknown = set(entry) - _REQUIRED - _OPTIONAL
+        missing = _REQUIRED - set(entry)
+        if unknown or missing:
+            problem = f"unknown fields {sorted(unknown)}" if unknown else f"missing fields {sorted(missing)}"
+            raise AuditError(f"entries[{i}]", problem)
+        arguments = {"organisation": None, "detail": None, "flags": (), **entry}
+        if arguments.get("occurred_at") is None:
+            arguments["occurred_at"] = now
+        try:
+            validated.append(_validated(**arguments))
+        except AuditError as exc:
+            raise AuditError(f"entries[{i}].{exc.field}", exc.rule) from exc
+    return _append(session, validated)
+
+
+def _append(session: Session, validated: list[dict[str, Any]]) -> list[AuditEntry]:
+    if not validated:
+        return []
+    last_seq, prev_hash = _claim_seqs(session, len(validated))
+    seq = last_seq - len(validated)
+    for fields in validated:
+        seq += 1
+        fields.update(seq=seq, prev_hash=prev_hash)
+        fields["hash"] = prev_hash = compute_hash(fields)
+    # Core, not the ORM unit of work: an ORM flush per entry costs more than the hashing.
+    session.execute(insert(_LOG), validated)
+    session.execute(_SET_HEAD_HASH, {"new_hash": prev_hash})
+    return [AuditEntry(**fields) for fields in validated]
 
 
 def audited_read(
@@ -258,20 +305,17 @@ def history(session: Session, subject: str, *, limit: int = 1000) -> list[AuditE
     return list(reversed(newest))
 
 
-def _claim_next_seq(session: Session) -> tuple[int, str]:
-    """Take the head row's lock by bumping its seq; return the new seq and the previous hash.
+def _claim_seqs(session: Session, count: int) -> tuple[int, str]:
+    """Take the head row's lock by moving its seq on by ``count``; return the new seq and the old hash.
 
     Updating first (rather than reading first) is what keeps the chain linear: on PostgreSQL the
     UPDATE waits for the row lock and then sees the committed head; on SQLite it takes the write
     lock before anything is read.
     """
-    bump = (
-        update(_HEAD).where(_HEAD.c.id == 1).values(seq=_HEAD.c.seq + 1).returning(_HEAD.c.seq, _HEAD.c.hash)
-    )
-    row = session.execute(bump).first()
+    row = session.execute(_BUMP, {"count": count}).first()
     if row is None:
         _recreate_head(session)
-        row = session.execute(bump).one()
+        row = session.execute(_BUMP, {"count": count}).one()
     return int(row.seq), str(row.hash)
 
 
