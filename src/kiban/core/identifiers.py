@@ -64,6 +64,9 @@ _KIND_BY_LENGTH: Final[dict[int, str]] = {
 # which a clerk never meant as a number.
 _FULL_WIDTH_DIGITS: Final = str.maketrans("０１２３４５６７８９", "0123456789")
 _ASCII_DIGITS: Final = re.compile(r"[0-9]+")
+# What a form or a terminal puts around a value. str.strip() would also drop control characters
+# such as U+001C-U+001F, which are refused instead.
+_SURROUNDING_SPACE: Final = " \t\r\n\u00a0\u3000"
 _SHOWN_MAX: Final = 24
 
 
@@ -94,12 +97,13 @@ def _shown(value: str) -> str:
 
 
 def normalize_digits(value: str) -> str:
-    """Fold full-width digits (０-９) to ASCII and strip surrounding whitespace.
+    """Fold full-width digits (０-９) to ASCII and strip surrounding spaces, tabs and newlines
+    (ASCII, no-break and ideographic spaces).
 
     Nothing else is converted: other Unicode digits (Arabic-Indic, Devanagari, superscripts) stay
     as they are, so the validators reject them with rule ``digits_only``.
     """
-    return value.strip().translate(_FULL_WIDTH_DIGITS)
+    return value.strip(_SURROUNDING_SPACE).translate(_FULL_WIDTH_DIGITS)
 
 
 def _digits(value: str, field: str, length: int) -> str:
