@@ -385,6 +385,40 @@ def test_entries_appended_during_verify_are_verified_too(
     assert (report.ok, report.checked, report.head_seq) == (True, 4, 4)
 
 
+@pytest.mark.slow
+def test_a_long_log_verifies_in_batches_and_one_change_deep_inside_is_found(
+    engine: Engine, session_maker: sessionmaker[Session]
+) -> None:
+    total, bad_seq = 50_000, 43_210
+    with session_maker() as session, session.begin():
+        for start in range(0, total, 10_000):
+            audit.record_many(
+                session,
+                [
+                    {
+                        "actor": "pension-batch",
+                        "role": "agency",
+                        "action": "provide",
+                        "purpose": "年金給付",
+                        "subject": f"{n:011d}",
+                        "items": ["name", "birth_date"],
+                    }
+                    for n in range(start, start + 10_000)
+                ],
+            )
+    report = check(session_maker, batch_size=5000)
+    assert (report.ok, report.checked) == (True, total)
+    with as_dba(engine) as conn:
+        conn.execute(update(LOG).where(LOG.c.seq == bad_seq).values(subject="00000000000"))
+    report = check(session_maker, batch_size=5000)
+    assert (report.ok, report.problem, report.first_bad_seq, report.checked) == (
+        False,
+        Problem.MODIFIED,
+        bad_seq,
+        bad_seq - 1,
+    )
+
+
 # --- tampering ---------------------------------------------------------------------------------
 
 
