@@ -503,7 +503,14 @@ def verify(
                 return bad(seq, Problem.MODIFIED, f"entry has seq {seq}, outside the chain (starts at 1)")
             try:
                 self_ok = compute_hash(row) == row["hash"]
-            except (AuditError, rfc8785.CanonicalizationError, TypeError, ValueError):
+            except (
+                AuditError,
+                rfc8785.CanonicalizationError,
+                AttributeError,
+                KeyError,
+                TypeError,
+                ValueError,
+            ):
                 self_ok = False
             link_ok = row["prev_hash"] == last_hash
             if not self_ok and link_ok:
