@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 from datetime import date
 
 import pytest
@@ -48,6 +49,8 @@ def test_round_trip(engine: Engine, session_maker: sessionmaker[Session]) -> Non
         heads = {h.id: h for h in s.scalars(select(HouseholdRow))}
     people = [(h, p) for h in households for p in h.members]
     assert set(rows) == set(issued)
+    half_width = re.compile("[\uff61-\uff9f]")
+    assert not any(half_width.search(r.family_name_kana + r.given_name_kana) for r in rows.values())
     for (hh, person), code in list(zip(people, issued, strict=True))[::37]:
         row = rows[code]
         for field in (
