@@ -15,8 +15,11 @@ def serve(
 
     from kiban.core.config import load_settings
     from kiban.core.database import upgrade
+    from kiban.core.logging import configure_logging
     from kiban.web.app import create_app
 
+    # JSON log lines with secrets redacted; uvicorn's own records go through the same handler.
+    configure_logging("INFO", json=True)
     settings = load_settings(data)
     settings.ensure_dirs()
     # The schema is brought to head first, so a fresh data directory serves at once.
@@ -25,4 +28,4 @@ def serve(
     typer.echo(f"Kiban serving {settings.data_dir} on http://{host}:{port}/ (OpenAPI at /openapi.json)")
     # proxy_headers stays off: client addresses feed the login rate limit, and only a
     # deployment that knows its proxies may trust X-Forwarded-For (uvicorn --forwarded-allow-ips).
-    uvicorn.run(app, host=host, port=port, proxy_headers=False, server_header=False, log_level="info")
+    uvicorn.run(app, host=host, port=port, proxy_headers=False, server_header=False, log_config=None)

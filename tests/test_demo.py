@@ -1,0 +1,101 @@
+"""`kiban demo` builds a consistent world and says so in report.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from kiban.cli.main import app
+from kiban.core import audit
+from kiban.core.config import load_settings
+from kiban.core.database import make_engine, session_factory
+from kiban.core.identifiers import IndividualNumberCipher, validate_individual_number, validate_resident_code
+from kiban.demo.run import DemoError, prepare_directory, run_demo
+from kiban.demo.world import DEMO_MUNICIPALITIES, allocation
+from kiban.register.models import Resident
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("demo") / "world"
+    run_demo(directory, 300, seed=7)
+    return directory
+
+
+def test_every_resident_has_valid_identifiers_from_the_key(
+    demo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KIBAN_DATABASE_URL", raising=False)
+    settings = load_settings(demo_dir)
+    cipher = IndividualNumberCipher.from_key_file(settings.keys_dir / "numbering.key")
+    engine = make_engine(settings.database_url)
+    with session_factory(engine)() as s:
+        rows = s.execute(
+            select(Resident.resident_code, Resident.individual_number, Resident.municipality_code)
+        ).all()
+    engine.dispose()
+    assert len(rows) == 300
+    assert {r.municipality_code for r in rows} == set(DEMO_MUNICIPALITIES)
+    assert len({r.resident_code for r in rows}) == 300
+    for code, number, _ in rows:
+        assert validate_resident_code(code) == code
+        assert number is not None and validate_individual_number(number) == number
+        assert cipher.resident_code_for(number) == code
+
+
+def test_report_tells_the_counts(demo_dir: Path) -> None:
+    report = (demo_dir / "report.md").read_text()
+    assert "## 1. The world" in report
+    assert "岐阜市" in report and "新宿区" in report and "坂祝町" in report
+    assert "households:" in report and "residents: 300" in report
+    assert "300 records carry one" in report
+    assert "## Timings" in report
+
+
+def test_audit_log_of_the_demo_verifies(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KIBAN_DATABASE_URL", raising=False)
+    settings = load_settings(demo_dir)
+    engine = make_engine(settings.database_url)
+    with session_factory(engine)() as s:
+        report = audit.verify_data_dir(s, settings, seal=False)
+        entries = s.scalar(select(func.count()).select_from(audit.AuditEntry))
+    engine.dispose()
+    assert report.ok, report.summary()
+    assert entries is not None and entries >= 300
+
+
+def test_credentials_file_is_private(demo_dir: Path) -> None:
+    path = demo_dir / "demo-credentials.txt"
+    assert path.stat().st_mode & 0o077 == 0
+    assert "clerk212016" in path.read_text()
+
+
+def test_allocation_is_exact_and_covers_every_town() -> None:
+    for total in (100, 301, 3000, 99_999):
+        shares = allocation(total)
+        assert sum(shares.values()) == total
+        assert all(n >= 20 for n in shares.values())
+    assert allocation(3000)["212016"] > allocation(3000)["215015"]
+
+
+def test_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
+    (tmp_path / "thesis.docx").write_text("not ours")
+    with pytest.raises(DemoError, match="data_dir_is_demo"):
+        prepare_directory(tmp_path)
+    assert (tmp_path / "thesis.docx").exists()
+
+
+def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
+    runner = CliRunner()
+    for args in (["--residents", "0"], ["--residents", "abc"], ["--residents", "99999999999"]):
+        result = runner.invoke(app, ["demo", "--data", str(tmp_path / "x"), *args])
+        assert result.exit_code == 2, result.output
+        assert "--residents" in result.output
+    assert not (tmp_path / "x").exists()
+    (tmp_path / "f").write_text("a file")
+    result = runner.invoke(app, ["demo", "--data", str(tmp_path / "f"), "--residents", "100"])
+    assert result.exit_code == 2
+    assert "data_dir_is_directory" in result.output
