@@ -22,3 +22,28 @@ def test_upgrade_creates_every_table(engine: Engine) -> None:
     present = set(inspect(engine).get_table_names())
     assert "alembic_version" in present
     assert set(metadata.tables) <= present
+
+
+def test_migrations_have_a_single_head() -> None:
+    from alembic.script import ScriptDirectory
+
+    from kiban.core.database import alembic_config
+
+    heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
+    assert len(heads) == 1, f"several migration heads {heads}: add a merge revision"
+
+
+def test_downgrade_to_base_and_upgrade_again(db_url: str) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    from kiban.core.database import alembic_config, upgrade
+
+    command.downgrade(alembic_config(db_url), "base")
+    engine = create_engine(db_url)
+    assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    engine.dispose()
+    upgrade(db_url)
+    engine = create_engine(db_url)
+    assert set(import_all_models().tables) <= set(inspect(engine).get_table_names())
+    engine.dispose()
