@@ -49,7 +49,9 @@ def _parse_params(params: list[str]) -> dict[str, Any]:
     for item in params:
         key, sep, value = item.partition("=")
         if not sep or not key.isidentifier():
-            raise typer.BadParameter(f"{item!r}: expected key=value (rule: param_format)", param_hint="--param")
+            raise typer.BadParameter(
+                f"{item!r}: expected key=value (rule: param_format)", param_hint="--param"
+            )
         parsed[key] = int(value) if value.lstrip("-").isdigit() else value
     return parsed
 
@@ -65,7 +67,9 @@ def bench(
             typer.echo(n)
         return
     if name not in names:
-        typer.echo(f"unknown benchmark {name!r} (rule: known_benchmark); available: {', '.join(names)}", err=True)
+        typer.echo(
+            f"unknown benchmark {name!r} (rule: known_benchmark); available: {', '.join(names)}", err=True
+        )
         raise typer.Exit(2)
     results = load(name).run(**_parse_params(param))
     for result in results:
