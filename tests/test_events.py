@@ -33,6 +33,7 @@ from kiban.core.events import (
     pending_count,
     replay_parked,
     row_to_event,
+    unit_of_work,
 )
 from kiban.core.models.events import EventFailure, InboxEntry, OutboxEvent
 from procs import ledger
@@ -462,3 +463,17 @@ def test_two_concurrent_dispatchers_apply_each_event_once_in_order(
         # SKIP LOCKED on the head of each key: the two never even tried the same event.
         assert already["n"] == 0
         assert sum(t.attempted for t in totals) == 600
+
+
+def test_unit_of_work_delivers_after_commit_and_not_after_rollback(
+    session_maker: sessionmaker[Session], ledger_tables: None
+) -> None:
+    with pytest.raises(RuntimeError), unit_of_work(session_maker, ledger.REGISTRY) as s:
+        emit(s, ledger.EVENT_TYPE, "A", {"n": 1})
+        raise RuntimeError("the change fails")
+    assert _outbox_count(session_maker) == 0 and _ledger_rows(session_maker) == []
+
+    with unit_of_work(session_maker, ledger.REGISTRY) as s:
+        emit(s, ledger.EVENT_TYPE, "A", {"n": 1})
+        assert _ledger_rows(session_maker) == []  # nothing runs before the commit
+    assert [(k, n) for _i, k, n, _e, _o in _ledger_rows(session_maker)] == [("A", 1)]

@@ -51,22 +51,33 @@ class Stream:
     prefix: str
 
 
-async def _reachable() -> bool:
+async def _reachable(url: str) -> bool:
+    async def quiet(_exc: Exception) -> None:
+        pass
+
     try:
-        nc = await nats.connect(NATS_URL, connect_timeout=2, allow_reconnect=False, max_reconnect_attempts=0)
+        # nats-py keeps retrying a refused first connect: bound it from outside.
+        nc = await asyncio.wait_for(
+            nats.connect(url, connect_timeout=1, allow_reconnect=False, error_cb=quiet), timeout=2
+        )
     except Exception:
         return False
     await nc.close()
     return True
 
 
-@pytest.fixture
-def stream() -> Iterator[Stream]:
-    if not asyncio.run(_reachable()):
-        message = f"NATS JetStream is not reachable at {NATS_URL}"
+def require_nats(url: str) -> None:
+    """Skip when NATS is unreachable; under CI, fail instead (a missing service is a broken build)."""
+    if not asyncio.run(_reachable(url)):
+        message = f"NATS JetStream is not reachable at {url}"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture
+def stream() -> Iterator[Stream]:
+    require_nats(NATS_URL)
     tag = uuid.uuid4().hex[:10]
     made = Stream(name=f"KIBAN_TEST_{tag}", prefix=f"kt{tag}")
 
@@ -399,3 +410,13 @@ def test_malformed_messages_are_quarantined_and_the_stream_goes_on(
     errors = sorted(q.last_error.split(":")[0] for q in quarantined)
     assert errors == ["event", "event", "type"]
     assert quarantined[0].event_id == "garbage-1"
+
+
+def test_unreachable_nats_fails_under_ci_and_skips_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    nowhere = "nats://127.0.0.1:9"  # discard port: nothing listens
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="not reachable"):
+        require_nats(nowhere)
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception, match="not reachable"):
+        require_nats(nowhere)

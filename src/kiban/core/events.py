@@ -21,7 +21,8 @@ import re
 import socket
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,7 +31,7 @@ from sqlalchemy import CursorResult, delete, exists, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from kiban.core.database import utcnow
+from kiban.core.database import transaction, utcnow
 from kiban.core.models.events import EventFailure, InboxEntry, OutboxEvent
 
 log = logging.getLogger(__name__)
@@ -582,6 +583,19 @@ def drain(
         total += stats.delivered
         if stats.delivered == 0 and stats.attempted == 0:
             return total
+
+
+@contextmanager
+def unit_of_work(
+    factory: sessionmaker[Session],
+    registry: Registry,
+    *,
+    policy: RetryPolicy = DEFAULT_POLICY,
+) -> Iterator[Session]:
+    """Embedded mode's usual shape: one transaction, then :func:`drain` once it has committed."""
+    with transaction(factory) as session:
+        yield session
+    drain(factory, registry, policy=policy)
 
 
 def pending_count(session: Session) -> int:
