@@ -541,18 +541,30 @@ def deliver_round(
                     stats.blocked += 1
                     break
                 done.append(row.seq)
-        # Marked at the end, in the claiming transaction: on SQLite an earlier write here would hold
-        # the database lock while the handlers' own transactions wait for it.
-        for start in range(0, len(done), 500):
-            marked: CursorResult[Any] = claim.execute(  # type: ignore[assignment]
-                update(OutboxEvent)
-                # Without row locks (SQLite) a second dispatcher may have marked some already.
-                .where(OutboxEvent.seq.in_(done[start : start + 500]), OutboxEvent.delivered_at.is_(None))
-                .values(delivered_at=utcnow())
-                .execution_options(synchronize_session=False)
-            )
-            stats.delivered += marked.rowcount
+        locking = claim.get_bind().dialect.name != "sqlite"
+        if locking:
+            # In the claiming transaction: the marks and the release of the keys are one commit.
+            stats.delivered = _mark_delivered(claim, done)
+    if not locking and done:
+        # SQLite has no row locks to hold, and a write in the claiming session would hold the
+        # database lock while the handlers' transactions wait; mark in a transaction of its own.
+        with factory() as session, session.begin():
+            stats.delivered = _mark_delivered(session, done)
     return stats
+
+
+def _mark_delivered(session: Session, seqs: list[int]) -> int:
+    marked = 0
+    for start in range(0, len(seqs), 500):
+        result: CursorResult[Any] = session.execute(  # type: ignore[assignment]
+            update(OutboxEvent)
+            # Without row locks (SQLite) a second dispatcher may have marked some already.
+            .where(OutboxEvent.seq.in_(seqs[start : start + 500]), OutboxEvent.delivered_at.is_(None))
+            .values(delivered_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        marked += result.rowcount
+    return marked
 
 
 def deliver_pending(

@@ -339,6 +339,11 @@ async def run_consumer(
                 if idle_exit is not None and loop.time() - idle_since >= idle_exit:
                     break
                 continue
+            except nats.errors.Error as exc:
+                # The client reconnects by itself; the durable keeps our place.
+                log.warning("consumer %s: fetch failed, retrying: %s", durable, exc)
+                await _sleep_or_stop(stop, 1.0)
+                continue
             for msg in msgs:
                 if stop.is_set():
                     break  # not acknowledged: the next run starts from here
@@ -355,7 +360,14 @@ async def run_consumer(
                 except _Stopping:
                     break
                 # Only now, after the commit: a crash before this line means redelivery.
-                await msg.ack()
+                try:
+                    await msg.ack()
+                except nats.errors.Error as exc:
+                    # Redelivered later, after newer messages; already in the inbox, so order holds.
+                    log.warning(
+                        "consumer %s: ack failed, the inbox will absorb the redelivery: %s", durable, exc
+                    )
+                    continue
                 acked += 1
             idle_since = loop.time()
     finally:
