@@ -29,6 +29,7 @@ from kiban.core.events import (
     deliver_round,
     drain,
     emit,
+    event_stats,
     parked,
     pending_count,
     replay_parked,
@@ -332,6 +333,7 @@ def test_repeated_failure_parks_the_event_and_frees_its_key(
         assert "ValueError: payload rejected by the receiving node" in failure.last_error
         assert failure.event["key"] == "A" and failure.event["payload"] == {"n": 1}
         assert pending_count(s) == 0
+        assert (event_stats(s).failing, event_stats(s).parked) == (0, 1)
     # B untouched; A's second event went ahead once the first was parked (documented choice).
     assert [(k, n) for _i, k, n, _e, _o in _ledger_rows(session_maker)] == [("B", 1), ("B", 2), ("A", 2)]
 
@@ -367,6 +369,9 @@ def test_a_failing_key_waits_while_other_keys_go_on(
     assert [(k, n) for _i, k, n, _e, _o in _ledger_rows(session_maker)] == [("B", 1), ("B", 2), ("B", 3)]
     # Nothing is tried again before the backoff has passed.
     assert deliver_round(session_maker, registry, policy=slow).attempted == 0
+    with session_maker() as s:
+        stats = event_stats(s)
+    assert (stats.undelivered, stats.unpublished, stats.failing, stats.parked) == (2, 5, 1, 0)
 
 
 def test_handlers_emitting_events_are_drained_too(session_maker: sessionmaker[Session]) -> None:

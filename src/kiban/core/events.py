@@ -614,6 +614,37 @@ def pending_count(session: Session) -> int:
     return session.scalar(select(func.count()).where(OutboxEvent.delivered_at.is_(None))) or 0
 
 
+@dataclass(frozen=True)
+class EventStats:
+    """Gauges for /metrics and readiness: what is waiting, failing or parked."""
+
+    undelivered: int  # outbox rows not yet delivered in process
+    unpublished: int  # outbox rows not yet acknowledged by JetStream
+    failing: int  # (handler, event) pairs failing and still being retried
+    parked: int  # (handler, event) pairs quarantined, waiting for an operator
+
+
+def event_stats(session: Session) -> EventStats:
+    outbox = session.execute(
+        select(
+            func.count().filter(OutboxEvent.delivered_at.is_(None)),
+            func.count().filter(OutboxEvent.published_at.is_(None)),
+        )
+    ).one()
+    failures = session.execute(
+        select(
+            func.count().filter(EventFailure.parked_at.is_(None)),
+            func.count().filter(EventFailure.parked_at.is_not(None)),
+        )
+    ).one()
+    return EventStats(
+        undelivered=outbox[0] or 0,
+        unpublished=outbox[1] or 0,
+        failing=failures[0] or 0,
+        parked=failures[1] or 0,
+    )
+
+
 # --- parked events -----------------------------------------------------------------------------
 
 
