@@ -44,6 +44,7 @@ import kiban
 from kiban.core.accounts import ROLE_NAMES_JA
 from kiban.core.config import Settings
 from kiban.core.database import alembic_config, make_engine, session_factory
+from kiban.core.dispatch import EmbeddedDispatcher, build_registry
 from kiban.web import auth
 from kiban.web.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers, problem_openapi
 
@@ -64,6 +65,8 @@ class WebOptions:
     # Per username + client address: 10 attempts at once, then one every 6 seconds.
     login_burst: float = 10
     login_refill_per_second: float = 1 / 6
+    # Embedded mode: deliver the outbox in this process in the background.
+    deliver_events: bool = True
 
 
 @dataclass(frozen=True)
@@ -416,7 +419,15 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        dispatcher = None
+        if options.deliver_events and settings.event_transport == "embedded":
+            # Embedded mode: the outbox is delivered in this process (production runs relays).
+            dispatcher = EmbeddedDispatcher(app.state.session_factory, build_registry())
+            dispatcher.start()
+        app.state.dispatcher = dispatcher
         yield
+        if dispatcher is not None:
+            dispatcher.stop()
         engine.dispose()
 
     app = FastAPI(
