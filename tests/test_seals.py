@@ -619,3 +619,36 @@ def test_a_removed_record_never_yields_a_seal(session_maker: sessionmaker[Sessio
         s.execute(text("UPDATE residents SET status = 'removed' WHERE resident_code = :c"), {"c": person})
     with session_maker.begin() as s:
         assert active_seal(s, person) is None
+
+
+def test_two_clerks_registering_at_once_get_one_registration(
+    session_maker: sessionmaker[Session], person: str
+) -> None:
+    """The second clerk's pre-check cannot see the first's uncommitted row: the database index decides."""
+    import threading
+    import time
+
+    outcome: list[BaseException | SealRegistration] = []
+    jpeg = seal_jpeg()
+
+    def second_clerk() -> None:
+        try:
+            with session_maker.begin() as s:
+                outcome.append(register_seal(s, CLERK, person, jpeg, "image/jpeg", TODAY))
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            outcome.append(exc)
+
+    with session_maker() as first:
+        winner = register_seal(first, CLERK, person, seal_png(), "image/png", TODAY)  # flushed, not committed
+        thread = threading.Thread(target=second_clerk)
+        thread.start()
+        time.sleep(0.5)  # the second clerk is now waiting on the first's lock
+        first.commit()
+        thread.join(timeout=30)
+    assert len(outcome) == 1 and isinstance(outcome[0], SealError), outcome
+    assert outcome[0].rule == "already_registered"
+    with session_maker() as s:
+        rows = s.scalars(select(SealRegistration)).all()
+        assert [(r.id, r.status) for r in rows] == [(winner.id, "active")]
+        assert [e.action for e in audit.history(s, person)] == ["create"]
+        assert audit.verify(s).ok

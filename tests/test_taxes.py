@@ -18,9 +18,11 @@ from kiban.core import audit
 from kiban.core.identifiers import ResidentCodeGenerator
 from kiban.register.models import Household, Resident, kana_search_key, name_search_key
 from kiban.register.taxes import (
+    AssessmentInput,
     TaxAssessment,
     TaxError,
     record_tax_assessment,
+    record_tax_assessments,
     synthetic_assessments,
     tax_assessment,
     tax_history,
@@ -342,3 +344,45 @@ def test_generated_assessments_are_accepted_by_the_service(session_maker: sessio
         assert s.scalar(select(TaxAssessment.id).limit(1)) is not None
         count = len(s.scalars(select(TaxAssessment.id)).all())
     assert count == 40
+
+
+def test_a_batch_is_recorded_with_versions_and_one_audit_entry_each(
+    session_maker: sessionmaker[Session],
+) -> None:
+    with session_maker.begin() as s:
+        codes = [add_resident(s, date(1950 + i, 6, 1)) for i in range(30)]
+        people = s.scalars(select(Resident).where(Resident.resident_code.in_(codes))).all()
+        made = synthetic_assessments(people, 2025, seed=3)
+        record_tax_assessment(s, CLERK, codes[0], 2025, 0, 0, 0, today=AS_OF)  # an earlier version
+        correction = AssessmentInput(codes[1], 2025, 0, 100_000, 0, "更正")
+        assert record_tax_assessments(s, CLERK, [*made, correction], today=AS_OF) == 31
+    with session_maker.begin() as s:
+        first = tax_history(s, codes[0])
+        assert [r.version for r in first] == [1, 2] and first[1].tax_amount == made[0].tax_amount
+        assert [(r.version, r.income_total) for r in tax_history(s, codes[1])][-1] == (2, 100_000)
+        assert [e.purpose for e in audit.history(s, codes[1])][:2] == [
+            "個人住民税の課税情報の登録",
+            "個人住民税の課税情報の更正",
+        ]
+        assert audit.verify(s).ok
+
+
+@pytest.mark.parametrize(
+    ("bad", "field", "rule"),
+    [
+        ({"tax_amount": -1}, "items[2].tax_amount", "non_negative"),
+        ({"fiscal_year": 2100}, "items[2].fiscal_year", "range"),
+        ({"resident_code": "elsewhere"}, "items[2].resident_code", "not_in_municipality"),
+    ],
+)
+def test_one_bad_item_refuses_the_whole_batch(
+    session_maker: sessionmaker[Session], bad: dict[str, Any], field: str, rule: str
+) -> None:
+    with session_maker.begin() as s:
+        codes = [add_resident(s, date(1960 + i, 1, 1)) for i in range(4)]
+        elsewhere = add_resident(s, date(1960, 1, 1), municipality=SHINJUKU)
+    items = [AssessmentInput(c, 2025, 1_000_000, 2_000_000, 105_000) for c in codes]
+    if bad.get("resident_code") == "elsewhere":
+        bad = {"resident_code": elsewhere}
+    items[2] = AssessmentInput(**{**items[2].__dict__, **bad})
+    refused(session_maker, lambda s: record_tax_assessments(s, CLERK, items, today=AS_OF), field, rule)

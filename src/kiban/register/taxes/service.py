@@ -11,13 +11,14 @@ from __future__ import annotations
 import math
 import random
 import re
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Protocol
+from typing import Protocol, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,6 +34,7 @@ FIRST_FISCAL_YEAR = 1950
 # Sanity bound per amount: a trillion yen (no individual's income comes near it).
 MAX_YEN = 10**12
 NOTES_MAX = 200
+_CHUNK = 2_000  # rows per IN (...) and per INSERT: far below SQLite's bound parameters
 SYSTEM_ACTOR = "kiban.register"
 
 _ITEMS = ["income_total", "taxable_income", "tax_amount"]
@@ -134,22 +136,56 @@ def _code(resident_code: str) -> str:
         raise TaxError("resident_code", exc.rule, exc.detail) from exc
 
 
-def _resident_of(session: Session, actor: Actor, resident_code: str) -> Resident:
+def _clerk_municipality(actor: Actor) -> str:
     if actor.role != "clerk" or not actor.municipality_code:
-        raise TaxError("actor", "role", "only a municipal clerk (市区町村職員) records tax data")
+        raise TaxError("actor", "role", "only a municipal clerk (市区町村職員) handles tax data")
+    return actor.municipality_code
+
+
+def _not_here(municipality: str, field: str = "resident_code") -> TaxError:
+    # Same answer whether the code exists elsewhere or nowhere: no leak across municipalities.
+    return TaxError(
+        field, "not_in_municipality", f"no resident of municipality {municipality} has this 住民票コード"
+    )
+
+
+def _resident_of(session: Session, actor: Actor, resident_code: str) -> Resident:
+    municipality = _clerk_municipality(actor)
     code = _code(resident_code)
     resident = session.scalars(
-        select(Resident).where(
-            Resident.resident_code == code, Resident.municipality_code == actor.municipality_code
-        )
+        select(Resident).where(Resident.resident_code == code, Resident.municipality_code == municipality)
     ).one_or_none()
     if resident is None:
-        raise TaxError(
-            "resident_code",
-            "not_in_municipality",
-            f"no resident of municipality {actor.municipality_code} has this 住民票コード",
-        )
+        raise _not_here(municipality)
     return resident
+
+
+def _figures(
+    fiscal_year: int,
+    taxable_income: int,
+    income_total: int,
+    tax_amount: int,
+    notes: str | None,
+    today: date | None,
+) -> tuple[int, int, int, int, str | None]:
+    year = _fiscal_year(fiscal_year, today)
+    total = _yen(income_total, "income_total")
+    taxable = _yen(taxable_income, "taxable_income")
+    tax = _yen(tax_amount, "tax_amount")
+    text = _notes(notes)
+    if taxable > total:
+        raise TaxError(
+            "taxable_income", "exceeds_income_total", "the 課税標準額 cannot exceed the total income"
+        )
+    if tax > total:
+        raise TaxError("tax_amount", "exceeds_income", "the tax cannot exceed the total income")
+    return year, taxable, total, tax, text
+
+
+def _born_by(resident: Resident, year: int, field: str = "fiscal_year") -> None:
+    # 賦課期日 is 1 January of the fiscal year: no one is assessed for a year they were not yet alive.
+    if resident.birth_date > date(year, 1, 1):
+        raise TaxError(field, "before_birth", "the person was not born on 1 January of that year")
 
 
 def record_tax_assessment(
@@ -172,19 +208,10 @@ def record_tax_assessment(
     1 January stays assessable here after leaving.
     """
     resident = _resident_of(session, actor, resident_code)
-    year = _fiscal_year(fiscal_year, today)
-    total = _yen(income_total, "income_total")
-    taxable = _yen(taxable_income, "taxable_income")
-    tax = _yen(tax_amount, "tax_amount")
-    text = _notes(notes)
-    if taxable > total:
-        raise TaxError(
-            "taxable_income", "exceeds_income_total", "the 課税標準額 cannot exceed the total income"
-        )
-    if tax > total:
-        raise TaxError("tax_amount", "exceeds_income", "the tax cannot exceed the total income")
-    if resident.birth_date > date(year, 1, 1):
-        raise TaxError("fiscal_year", "before_birth", "the person was not born on 1 January of that year")
+    year, taxable, total, tax, text = _figures(
+        fiscal_year, taxable_income, income_total, tax_amount, notes, today
+    )
+    _born_by(resident, year)
     previous = session.scalar(
         select(func.max(TaxAssessment.version)).where(
             TaxAssessment.resident_id == resident.id, TaxAssessment.fiscal_year == year
@@ -223,6 +250,96 @@ def record_tax_assessment(
         detail={"fiscal_year": year, "version": row.version},
     )
     return row
+
+
+def record_tax_assessments(
+    session: Session, actor: Actor, items: Iterable[AssessmentInput], *, today: date | None = None
+) -> int:
+    """Record many assessments at once (the yearly load from the tax system; the demo).
+
+    The same rules as :func:`record_tax_assessment`, all checked before anything is written: one
+    bad item refuses the whole batch, its error naming ``items[i].field``. Two items for the same
+    person and year become two versions, in order. One INSERT per chunk and one batch of audit
+    entries. Returns the number of rows written.
+    """
+    municipality = _clerk_municipality(actor)
+    prepared: list[tuple[str, tuple[int, int, int, int, str | None]]] = []
+    for i, item in enumerate(items):
+        try:
+            if not isinstance(item, AssessmentInput):
+                raise TaxError("item", "type", "must be an AssessmentInput")
+            code = _code(item.resident_code)
+            figures = _figures(
+                item.fiscal_year, item.taxable_income, item.income_total, item.tax_amount, item.notes, today
+            )
+        except TaxError as exc:
+            raise TaxError(f"items[{i}].{exc.field}", exc.rule, exc.message) from exc
+        prepared.append((code, figures))
+    codes = sorted({code for code, _ in prepared})
+    residents: dict[str, Resident] = {}
+    for start in range(0, len(codes), _CHUNK):
+        chunk = codes[start : start + _CHUNK]
+        query = select(Resident).where(
+            Resident.resident_code.in_(chunk), Resident.municipality_code == municipality
+        )
+        residents.update((r.resident_code, r) for r in session.scalars(query))
+    versions: dict[tuple[uuid.UUID, int], int] = {}
+    ids = sorted({r.id for r in residents.values()})
+    for start in range(0, len(ids), _CHUNK):
+        tops = (
+            select(TaxAssessment.resident_id, TaxAssessment.fiscal_year, func.max(TaxAssessment.version))
+            .where(TaxAssessment.resident_id.in_(ids[start : start + _CHUNK]))
+            .group_by(TaxAssessment.resident_id, TaxAssessment.fiscal_year)
+        )
+        versions.update(((rid, year), int(top)) for rid, year, top in session.execute(tops))
+    rows: list[dict[str, object]] = []
+    entries: list[dict[str, object]] = []
+    now = utcnow()
+    for i, (code, (year, taxable, total, tax, text)) in enumerate(prepared):
+        resident = residents.get(code)
+        if resident is None:
+            raise _not_here(municipality, f"items[{i}].resident_code")
+        _born_by(resident, year, f"items[{i}].fiscal_year")
+        version = versions.get((resident.id, year), 0) + 1
+        versions[(resident.id, year)] = version
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "municipality_code": municipality,
+                "resident_id": resident.id,
+                "resident_code": code,
+                "fiscal_year": year,
+                "version": version,
+                "income_total": total,
+                "taxable_income": taxable,
+                "tax_amount": tax,
+                "notes": text,
+                "recorded_at": now,
+                "recorded_by": actor.username,
+            }
+        )
+        entries.append(
+            {
+                "actor": actor.username,
+                "role": actor.role,
+                "organisation": municipality,
+                "action": "create" if version == 1 else "update",
+                "purpose": "個人住民税の課税情報の登録" if version == 1 else "個人住民税の課税情報の更正",
+                "subject": code,
+                "items": _ITEMS,
+                "detail": {"fiscal_year": year, "version": version},
+            }
+        )
+    table = cast(Table, TaxAssessment.__table__)
+    for start in range(0, len(rows), _CHUNK):
+        try:
+            session.execute(insert(table), rows[start : start + _CHUNK])
+        except IntegrityError as exc:
+            raise TaxError(
+                "items", "conflict", "another clerk recorded assessments of these people meanwhile"
+            ) from exc
+    audit.record_many(session, entries)
+    return len(rows)
 
 
 def _reader(session: Session, actor: Actor | None, resident_code: str) -> tuple[Resident | None, str]:
