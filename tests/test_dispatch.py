@@ -51,3 +51,17 @@ def test_served_app_delivers_events_in_the_background(
         stored = dict(s.execute(select(Resident.resident_code, Resident.individual_number)).tuples().all())
         assert pending_count(s) == 0
     assert stored == assigned
+
+
+def test_metrics_show_the_outbox(session_maker: sessionmaker[Session], db_url: str, tmp_path) -> None:
+    from kiban.core.events import emit
+    from kiban.web.app import WebOptions
+
+    with session_maker.begin() as s:
+        for i in range(4):
+            emit(s, "test.nobody_listens", f"k{i}", {"i": i})
+    settings = Settings(data_dir=tmp_path, database_url_override=db_url)
+    client = TestClient(create_app(settings, options=WebOptions(deliver_events=False)))
+    body = client.get("/metrics").text
+    assert 'kiban_events{state="undelivered"} 4.0' in body
+    assert 'kiban_events{state="parked"} 0.0' in body

@@ -12,7 +12,9 @@ import importlib
 import logging
 import pkgutil
 import threading
+from collections.abc import Iterator
 
+from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy.orm import Session, sessionmaker
 
 import kiban
@@ -68,3 +70,28 @@ class EmbeddedDispatcher:
             except Exception:  # keep the loop alive: a database blip must not stop delivery for good
                 LOG.exception("event delivery round failed; retrying")
             self._stop.wait(self._interval)
+
+
+class EventStatsCollector:
+    """Prometheus gauges of the outbox, read from the database at each scrape."""
+
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self._factory = factory
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        from kiban.core.events import event_stats
+
+        gauge = GaugeMetricFamily(
+            "kiban_events",
+            "Domain events by state: undelivered, unpublished, failing, parked.",
+            labels=["state"],
+        )
+        try:
+            with self._factory() as session:
+                stats = event_stats(session)
+        except Exception:  # an unreachable database shows as missing gauges, /readyz says why
+            LOG.warning("event stats unavailable for /metrics")
+            return
+        for state in ("undelivered", "unpublished", "failing", "parked"):
+            gauge.add_metric([state], getattr(stats, state))
+        yield gauge

@@ -44,7 +44,7 @@ import kiban
 from kiban.core.accounts import ROLE_NAMES_JA
 from kiban.core.config import Settings
 from kiban.core.database import alembic_config, make_engine, session_factory
-from kiban.core.dispatch import EmbeddedDispatcher, build_registry
+from kiban.core.dispatch import EmbeddedDispatcher, EventStatsCollector, build_registry
 from kiban.web import auth
 from kiban.web.problems import PROBLEM_MEDIA_TYPE, Problem, install_problem_handlers, problem_openapi
 
@@ -453,6 +453,7 @@ def create_app(
     app.state.session_factory = session_factory(engine)
     app.state.metrics = metrics
     app.state.metrics_registry = metrics.registry
+    metrics.registry.register(EventStatsCollector(app.state.session_factory))
     app.state.templates = Jinja2Templates(env=environment)
     app.state.nav = []
     app.state.login_limiter = auth.TokenBucketLimiter(options.login_burst, options.login_refill_per_second)
