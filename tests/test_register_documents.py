@@ -6,6 +6,8 @@ import dataclasses
 import io
 import random
 import re
+import shutil
+import subprocess
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -15,7 +17,13 @@ from pypdf import PdfReader
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from kiban.core.documents import DocumentError, KeyDirectorySigners, content_hash, verify_document
+from kiban.core.documents import (
+    DocumentError,
+    KeyDirectorySigners,
+    content_hash,
+    parse_qr_payload,
+    verify_document,
+)
 from kiban.core.identifiers import ResidentCodeGenerator
 from kiban.core.models.documents import IssuedDocument
 from kiban.numbering import service as numbering
@@ -340,3 +348,24 @@ def test_names_are_printed_as_stored_and_unprintable_characters_reported(
 def test_mayor_lines(code: str, line: str) -> None:
     assert docs.mayor_line(code) == line
     assert docs.mayor_line("011011").startswith("札幌市長　")  # a ward issues in the city's name
+
+
+@pytest.mark.skipif(
+    not (shutil.which("pdftoppm") and shutil.which("zbarimg")), reason="needs poppler-utils and zbar-tools"
+)
+def test_the_printed_qr_code_scans_and_verifies(
+    session: Session, household: list[docs.ResidentEntry], signers: KeyDirectorySigners, tmp_path: Path
+) -> None:
+    issued = docs.issue_resident_copy(
+        session, docs.ResidentCopyRequest(CODE, household[:1], "c"), signers=signers
+    )
+    session.commit()
+    (tmp_path / "d.pdf").write_bytes(issued.pdf)
+    subprocess.run(
+        ["pdftoppm", "-r", "150", "-png", str(tmp_path / "d.pdf"), str(tmp_path / "p")], check=True
+    )
+    png = sorted(tmp_path.glob("p*.png"))[-1]
+    scanned = subprocess.run(["zbarimg", "-q", "--raw", str(png)], capture_output=True, text=True, check=True)
+    serial, digest, code = parse_qr_payload(scanned.stdout.strip())
+    assert (serial, digest) == (issued.serial, issued.issuance.content_hash)
+    assert verify_document(session, serial, digest, code, signers=signers).valid
