@@ -367,6 +367,20 @@ def test_png_and_jpeg_are_stored_as_clean_png(session_maker: sessionmaker[Sessio
     assert Image.open(io.BytesIO(register_result.image_png)).getpixel((2, 2)) == (255, 255, 255)
 
 
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "I;16", "RGBA", "CMYK"])
+def test_every_common_pixel_format_is_normalised_to_rgb(mode: str) -> None:
+    grey = Image.new("L", (100, 100), 128)
+    img = grey.convert("I").point(lambda v: v * 257).convert("I;16") if mode == "I;16" else grey.convert(mode)
+    out = io.BytesIO()
+    img.save(out, format="JPEG" if mode == "CMYK" else "PNG")
+    kind = "image/jpeg" if mode == "CMYK" else "image/png"
+    seal = validate_seal_image(out.getvalue(), kind)
+    pixel = Image.open(io.BytesIO(seal.png)).getpixel((50, 50))
+    assert isinstance(pixel, tuple) and len(pixel) == 3
+    expected = 255 if mode == "1" else 128  # "1" dithers: the middle pixel is white or black
+    assert all(abs(channel - expected) <= 3 for channel in pixel) or mode == "1"
+
+
 def _gif() -> bytes:
     out = io.BytesIO()
     Image.new("P", (100, 100)).save(out, format="GIF")

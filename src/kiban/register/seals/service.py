@@ -150,6 +150,9 @@ def _declared_format(content_type: str) -> str | None:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "I" or img.mode.startswith("I;16"):
+        # 16-bit greyscale scans: scale to 8 bits (a plain convert would clip, not scale).
+        img = img.convert("I").point(lambda value: value * (1 / 256)).convert("L")
     # Transparent pixels become paper white, as the impression would look on a certificate.
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
