@@ -12,6 +12,8 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from pypdf import PdfReader
 from sqlalchemy import Engine, func, select
@@ -369,3 +371,38 @@ def test_the_printed_qr_code_scans_and_verifies(
     serial, digest, code = parse_qr_payload(scanned.stdout.strip())
     assert (serial, digest) == (issued.serial, issued.issuance.content_hash)
     assert verify_document(session, serial, digest, code, signers=signers).valid
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    honseki=st.booleans(),
+    relationship=st.booleans(),
+    resident_code=st.booleans(),
+    individual_number=st.booleans(),
+    requester=st.sampled_from(list(docs.Requester)),
+)
+def test_optional_items_appear_exactly_when_requested_and_allowed(
+    session: Session,
+    household: list[docs.ResidentEntry],
+    signers: KeyDirectorySigners,
+    honseki: bool,
+    relationship: bool,
+    resident_code: bool,
+    individual_number: bool,
+    requester: docs.Requester,
+) -> None:
+    entry = household[1]
+    options = docs.CopyOptions(honseki, relationship, resident_code, individual_number)
+    request = docs.ResidentCopyRequest(CODE, [entry], "c", options=options, requester=requester)
+    allowed = not individual_number or requester in (docs.Requester.SELF, docs.Requester.HOUSEHOLD_MEMBER)
+    before = session.scalar(select(func.count()).select_from(IssuedDocument))
+    if not allowed:
+        with pytest.raises(DocumentError):
+            docs.issue_resident_copy(session, request, signers=signers)
+        assert session.scalar(select(func.count()).select_from(IssuedDocument)) == before
+        return
+    text = text_of(docs.issue_resident_copy(session, request, signers=signers).pdf)
+    assert (entry.resident_code in text) == resident_code
+    assert (str(entry.individual_number) in text) == individual_number
+    assert ("本籍" in text and str(entry.honseki) in text) == honseki
+    assert ("続柄" in text and entry.relationship in text) == relationship

@@ -242,7 +242,9 @@ def issue(
     if not isinstance(issuer, str) or not issuer.strip():
         raise DocumentError("issuer", "required", "who issues the document must be recorded")
     if subject_resident_code is not None and (
-        not isinstance(subject_resident_code, str) or len(subject_resident_code) != 11
+        not isinstance(subject_resident_code, str)
+        or len(subject_resident_code) != 11
+        or not (subject_resident_code.isascii() and subject_resident_code.isdigit())
     ):
         raise DocumentError("subject_resident_code", "eleven_digits", "a 住民票コード has 11 digits")
     when = issued_at or utcnow()
