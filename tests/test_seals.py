@@ -12,7 +12,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 from sqlalchemy import select, text
@@ -666,3 +666,60 @@ def test_two_clerks_registering_at_once_get_one_registration(
         assert [(r.id, r.status) for r in rows] == [(winner.id, "active")]
         assert [e.action for e in audit.history(s, person)] == ["create"]
         assert audit.verify(s).ok
+
+
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["register", "abolish", "lost", "hook", "read"]), st.integers(0, 3)),
+    max_size=12,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS)
+def test_random_sequences_keep_one_seal_per_person_and_refusals_change_nothing(
+    session_maker: sessionmaker[Session], ops: list[tuple[str, int]]
+) -> None:
+    with session_maker.begin() as s:
+        # Three adults and one child, who can never register.
+        people = [add_resident(s, date(1970 + i, 1, 1)) for i in range(3)]
+        people.append(add_resident(s, date(TODAY.year - 10, 1, 1)))
+    image = seal_png((80, 80))
+    active: dict[str, str | None] = dict.fromkeys(people)  # the model: person -> active card number
+    registered = 0
+    for op, who in ops:
+        code = people[who]
+        before = snapshot(session_maker)
+        with session_maker() as s:
+            try:
+                if op == "register":
+                    active[code] = register_seal(s, CLERK, code, image, "image/png", TODAY).card_number
+                    registered += 1
+                elif op == "abolish":
+                    abolish_seal(s, CLERK, code, "廃止届", TODAY)
+                    active[code] = None
+                elif op == "lost":
+                    lost_card(s, CLERK, code, TODAY, card_number=active[code])
+                    active[code] = None
+                elif op == "hook":
+                    ended = abolish_for_resident(s, code, "転出")
+                    assert (ended.card_number if ended else None) == active[code]
+                    active[code] = None
+                else:
+                    current = active_seal(s, code, actor=CLERK)
+                    assert (current.card_number if current else None) == active[code]
+                s.commit()
+            except SealError as exc:
+                s.commit()
+                assert snapshot(session_maker) == before
+                expected = {
+                    "register": "age" if who == 3 else "already_registered",
+                    "abolish": "not_registered",
+                    "lost": "not_registered",
+                }
+                assert exc.rule == expected[op], (op, who, exc)
+        with session_maker() as s:
+            rows = s.scalars(select(SealRegistration).where(SealRegistration.resident_code.in_(people))).all()
+        live = {r.resident_code: r.card_number for r in rows if r.is_active}
+        assert live == {c: n for c, n in active.items() if n is not None}
+        assert len(rows) == registered and len({r.card_number for r in rows}) == len(rows)
+        assert all(r.abolished_on is not None for r in rows if not r.is_active)
