@@ -20,6 +20,10 @@ apt_install() {
 if ! "$PY" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
   echo "bootstrap: Python 3.11 or newer is required" >&2; exit 1
 fi
+# The Japanese font embedded in issued PDFs (IPAex Mincho, TrueType).
+if [ ! -f /usr/share/fonts/opentype/ipaexfont-mincho/ipaexm.ttf ] && [ -z "${KIBAN_DOCUMENT_FONT:-}" ]; then
+  apt_install fonts-ipaexfont-mincho || echo "bootstrap: without fonts-ipaexfont-mincho no PDF can be issued" >&2
+fi
 if [ ! -x .venv/bin/python ]; then
   if ! "$PY" -m venv .venv 2>/dev/null; then
     rm -rf .venv
