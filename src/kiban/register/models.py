@@ -16,9 +16,12 @@ import re
 import unicodedata
 import uuid
 from datetime import date, datetime
+from typing import Any
 
 import jaconv
 from sqlalchemy import (
+    JSON,
+    BigInteger,
     Boolean,
     CheckConstraint,
     Date,
@@ -28,7 +31,9 @@ from sqlalchemy import (
     SmallInteger,
     String,
     Text,
+    UniqueConstraint,
     Uuid,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -89,14 +94,30 @@ class Resident(Base):
         Index("ix_residents_municipality_name_key", "municipality_code", "name_search_key"),
         Index("ix_residents_municipality_kana_key", "municipality_code", "kana_search_key"),
         Index("ix_residents_municipality_birth_date", "municipality_code", "birth_date"),
+        Index(
+            "uq_residents_active_resident_code",
+            "resident_code",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
+        Index(
+            "uq_residents_active_individual_number",
+            "individual_number",
+            unique=True,
+            sqlite_where=text("status = 'active'"),
+            postgresql_where=text("status = 'active'"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
     municipality_code: Mapped[str] = mapped_column(String(6))
     household_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("households.id"), index=True)
-    resident_code: Mapped[str] = mapped_column(String(11), unique=True)  # 住民票コード
+    # 住民票コード. Unique among active records only: a person's 除票 in the municipality they
+    # left keeps the code their new record carries (one active record per code, SPEC K1).
+    resident_code: Mapped[str] = mapped_column(String(11), index=True)
     # 個人番号: shown only where the law allows (SPEC §4); null until numbering assigns it.
-    individual_number: Mapped[str | None] = mapped_column(String(12), unique=True)
+    individual_number: Mapped[str | None] = mapped_column(String(12), index=True)
 
     # 氏名 as recorded (kanji, or the Latin name of a foreign resident), and 振り仮名 in
     # full-width katakana.
@@ -175,3 +196,142 @@ def kana_search_key(family_kana: str, given_kana: str) -> str:
     text = unicodedata.normalize("NFKC", family_kana + given_kana)  # half-width kana -> full width
     text = jaconv.hira2kata(text)
     return re.sub(r"[\s\u3000・･]+", "", text)
+
+
+# --- 異動 (change events), 転出証明書情報, DV等支援措置 -----------------------------------------------
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64 bits.
+_SEQ_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class ChangeKind(enum.StrEnum):
+    """異動事由 (kind of change event); the Japanese term is :data:`CHANGE_KIND_JA`."""
+
+    BIRTH = "birth"  # 出生
+    DEATH = "death"  # 死亡
+    MOVE_IN = "move_in"  # 転入
+    MOVE_OUT = "move_out"  # 転出
+    RELOCATION = "relocation"  # 転居
+    EMIGRATION = "emigration"  # 国外転出
+    IMMIGRATION = "immigration"  # 国外からの転入
+    HOUSEHOLD_SPLIT = "household_split"  # 世帯分離
+    HOUSEHOLD_MERGE = "household_merge"  # 世帯合併
+    HEAD_CHANGE = "head_change"  # 世帯主変更
+    NAME_CHANGE = "name_change"  # 氏名変更
+    EX_OFFICIO_ENTRY = "ex_officio_entry"  # 職権記載
+    EX_OFFICIO_CORRECTION = "ex_officio_correction"  # 職権修正
+    EX_OFFICIO_REMOVAL = "ex_officio_removal"  # 職権消除
+    EX_OFFICIO_RESTORATION = "ex_officio_restoration"  # 職権回復
+    RESIDENT_CODE_CHANGE = "resident_code_change"  # 住民票コード変更
+    RESTRICTION_SET = "restriction_set"  # 支援措置 開始
+    RESTRICTION_LIFTED = "restriction_lifted"  # 支援措置 終了
+
+
+CHANGE_KIND_JA: dict[str, str] = {
+    "birth": "出生",
+    "death": "死亡",
+    "move_in": "転入",
+    "move_out": "転出",
+    "relocation": "転居",
+    "emigration": "国外転出",
+    "immigration": "国外からの転入",
+    "household_split": "世帯分離",
+    "household_merge": "世帯合併",
+    "head_change": "世帯主変更",
+    "name_change": "氏名変更",
+    "ex_officio_entry": "職権記載",
+    "ex_officio_correction": "職権修正",
+    "ex_officio_removal": "職権消除",
+    "ex_officio_restoration": "職権回復",
+    "resident_code_change": "住民票コード変更",
+    "restriction_set": "支援措置開始",
+    "restriction_lifted": "支援措置終了",
+}
+
+
+class ChangeRecord(Base):
+    """異動履歴: one row per resident touched by one change event. Rows are never updated.
+
+    ``before``/``after`` hold the items the event changed (``after`` of a creating event holds
+    every item), so any earlier state of a record is its creating row's ``after`` with the later
+    rows' ``after`` applied in ``seq`` order. ``group_id`` ties the rows of one clerk action
+    (a family moving together, a household merge).
+    """
+
+    __tablename__ = "register_changes"
+    __table_args__ = (
+        Index("ix_register_changes_resident_id_seq", "resident_id", "seq"),
+        Index("ix_register_changes_municipality_recorded", "municipality_code", "recorded_at"),
+    )
+
+    seq: Mapped[int] = mapped_column(_SEQ_TYPE, primary_key=True, autoincrement=True)
+    group_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    municipality_code: Mapped[str] = mapped_column(String(6))
+    resident_id: Mapped[uuid.UUID] = mapped_column(Uuid, ForeignKey("residents.id"))
+    resident_code: Mapped[str] = mapped_column(String(11), index=True)  # at the time of the event
+    household_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
+    notified_on: Mapped[date] = mapped_column(Date)  # 届出日 (職権: the day of the clerk's action)
+    effective_on: Mapped[date] = mapped_column(Date)  # 異動日
+    recorded_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    actor: Mapped[str] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    before: Mapped[dict[str, Any]] = mapped_column(JSON)
+    after: Mapped[dict[str, Any]] = mapped_column(JSON)
+    resident_version: Mapped[int] = mapped_column(Integer)  # the record's version after the event
+
+
+class MoveOutStatus(enum.StrEnum):
+    PENDING = "pending"  # 転入 not arrived yet
+    COMPLETED = "completed"  # 転入 recorded at the destination
+
+
+class MoveOutCertificate(Base):
+    """転出証明書情報 as held by one municipality.
+
+    The origin keeps the row it issued (``role`` "issued"); the destination keeps the copy it
+    received through ``register.moved_out`` (``role`` "received"). The 転入 completes the received
+    copy, and the 転入通知 (``register.moved_in``) completes the issued one.
+    """
+
+    __tablename__ = "move_out_certificates"
+    __table_args__ = (
+        CheckConstraint("role IN ('issued', 'received')", name="role"),
+        CheckConstraint("status IN ('pending', 'completed')", name="status"),
+        UniqueConstraint("certificate_id", "role", name="uq_move_out_certificates_certificate_role"),
+        Index("ix_move_out_certificates_holder_status", "holder_municipality_code", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    certificate_id: Mapped[uuid.UUID] = mapped_column(Uuid)
+    role: Mapped[str] = mapped_column(String(8))
+    holder_municipality_code: Mapped[str] = mapped_column(String(6))
+    from_municipality_code: Mapped[str] = mapped_column(String(6))
+    to_municipality_code: Mapped[str] = mapped_column(String(6))
+    resident_code: Mapped[str] = mapped_column(String(11), index=True)
+    planned_move_on: Mapped[date] = mapped_column(Date)  # 転出予定日
+    notified_on: Mapped[date] = mapped_column(Date)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the 転出証明書情報 (schema in docs/register.md)
+    status: Mapped[str] = mapped_column(String(10), default=MoveOutStatus.PENDING.value)
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_on: Mapped[date | None] = mapped_column(Date)  # the 転入's 異動日
+
+
+class Restriction(Base):
+    """DV等支援措置 (support measure): while in force, third parties get neither copies nor search hits."""
+
+    __tablename__ = "register_restrictions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    resident_code: Mapped[str] = mapped_column(String(11), index=True)
+    municipality_code: Mapped[str] = mapped_column(String(6))  # who set it
+    reason: Mapped[str] = mapped_column(Text)  # 申出の理由 (DV, ストーカー, 児童虐待, …)
+    starts_on: Mapped[date] = mapped_column(Date)
+    ends_on: Mapped[date] = mapped_column(Date)  # 支援措置の期間 (one year, extendable)
+    set_by: Mapped[str] = mapped_column(Text)
+    set_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lifted_on: Mapped[date | None] = mapped_column(Date)
+    lifted_by: Mapped[str | None] = mapped_column(Text)
+    lifted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    lift_reason: Mapped[str | None] = mapped_column(Text)
