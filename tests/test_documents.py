@@ -201,8 +201,32 @@ def test_qr_payload_round_trip_and_rejects_other_codes(
 def test_missing_glyphs_are_reported_and_variation_selectors_are_not() -> None:
     assert missing_glyphs("山田　太郎") == ()
     assert missing_glyphs("葛\U000e0100城") == ()  # IVS: base glyph drawn, selector dropped
-    assert missing_glyphs("𠮷野　𠮷野") == ("𠮷",)  # U+20BB7 is not in IPAex
+    assert missing_glyphs("\ue000田") == ("\ue000",)  # private use: in no font
     assert documents.drawable("葛\U000e0100城") == "葛城"
+
+
+def test_without_the_fallback_font_characters_beyond_ipaex_are_reported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(documents, "_fallback_loaded", True)
+    monkeypatch.setattr(documents, "_fallback", None)
+    assert missing_glyphs("𠮷野　𠮷野") == ("𠮷",)  # U+20BB7 is not in IPAex
+    assert documents.font_runs("𠮷野") == [(documents.FONT_NAME, "𠮷野")]
+
+
+@pytest.mark.skipif(documents.fallback_font() is None, reason="needs fonts-ipamj-mincho")
+def test_the_fallback_font_draws_what_ipaex_lacks() -> None:
+    assert missing_glyphs("𠮷野") == ()
+    assert documents.font_runs("𠮷野\U000e0100家") == [
+        (documents.FALLBACK_FONT_NAME, "𠮷"),
+        (documents.FONT_NAME, "野家"),
+    ]
+    buffer = io.BytesIO()
+    canvas = Canvas(buffer, initialFontName=documents.FONT_NAME)
+    documents.draw_text(canvas, 300, 700, "𠮷野　太郎", 12, align="right")
+    canvas.save()
+    reader = PdfReader(io.BytesIO(buffer.getvalue()))
+    assert {name.split("+")[1] for name in embedded_truetype_fonts(reader)} == {"IPAexMincho", "IPAmjMincho"}
 
 
 def test_font_is_embedded_as_truetype_subset() -> None:

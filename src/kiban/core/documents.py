@@ -327,9 +327,14 @@ FONT_CANDIDATES = (
     Path("/usr/share/fonts/ipaexfont-mincho/ipaexm.ttf"),
 )
 _VARIATION_SELECTORS = frozenset(range(0xFE00, 0xFE10)) | frozenset(range(0xE0100, 0xE01F0))
+FALLBACK_FONT_NAME = "IPAmjMincho"
+FALLBACK_PACKAGE = "fonts-ipamj-mincho"
+FALLBACK_CANDIDATES = (Path("/usr/share/fonts/truetype/ipamj/ipamjm.ttf"),)
 QR_MASK = 2  # fixed: see draw_qr
 _font_lock = threading.Lock()
 _font: TTFont | None = None
+_fallback: TTFont | None = None
+_fallback_loaded = False
 
 
 def font_path() -> Path:
@@ -361,17 +366,45 @@ def document_font() -> TTFont:
         return _font
 
 
-def missing_glyphs(text: str) -> tuple[str, ...]:
-    """Characters of ``text`` the font cannot draw (each once, in order of appearance).
+def fallback_font() -> TTFont | None:
+    """IPAmj明朝 (Debian ``fonts-ipamj-mincho``, ~58,000 MJ glyphs) when installed, else None.
 
-    Variation selectors are not listed: the font has no IVS table, so they are dropped when
-    drawing and the base character's usual glyph is printed (see :func:`drawable`).
+    Used only for characters IPAex lacks (e.g. 𠮷 U+20BB7), so it is subset into a PDF only
+    when such a name is printed. ``KIBAN_DOCUMENT_FALLBACK_FONT`` names another file; set to
+    an empty string it disables the fallback.
     """
-    face_map = document_font().face.charToGlyph
+    global _fallback, _fallback_loaded
+    with _font_lock:
+        if not _fallback_loaded:
+            override = os.environ.get("KIBAN_DOCUMENT_FALLBACK_FONT")
+            paths = [Path(override)] if override else ([] if override == "" else list(FALLBACK_CANDIDATES))
+            path = next((p for p in paths if p.is_file()), None)
+            if path is not None:
+                font = TTFont(FALLBACK_FONT_NAME, str(path))
+                pdfmetrics.registerFont(font)
+                _fallback = font
+            _fallback_loaded = True
+        return _fallback
+
+
+def _maps() -> tuple[dict[int, int], dict[int, int]]:
+    primary = document_font().face.charToGlyph
+    fallback = fallback_font()
+    return primary, (fallback.face.charToGlyph if fallback is not None else {})
+
+
+def missing_glyphs(text: str) -> tuple[str, ...]:
+    """Characters of ``text`` that neither font can draw (each once, in order of appearance).
+
+    Variation selectors are not listed: neither font's IVS table is used (reportlab maps
+    characters, not sequences), so they are dropped when drawing and the base character's
+    usual glyph is printed (see :func:`drawable`).
+    """
+    primary, fallback = _maps()
     seen: dict[str, None] = {}
     for ch in text:
         code = ord(ch)
-        if code in _VARIATION_SELECTORS or code in face_map or ch in "\n\r\t":
+        if code in _VARIATION_SELECTORS or code in primary or code in fallback or ch in "\n\r\t":
             continue
         seen.setdefault(ch, None)
     return tuple(seen)
@@ -382,6 +415,43 @@ def drawable(text: str) -> str:
     if not any(ord(ch) in _VARIATION_SELECTORS for ch in text):
         return text
     return "".join(ch for ch in text if ord(ch) not in _VARIATION_SELECTORS)
+
+
+def font_runs(text: str) -> list[tuple[str, str]]:
+    """``text`` (variation selectors dropped) cut into (font name, run) pieces.
+
+    IPAex where it has the glyph, else the fallback font where it has it, else IPAex (which
+    prints its empty box: :func:`missing_glyphs` reports those).
+    """
+    text = drawable(text)
+    primary, fallback = _maps()
+    if all(ord(ch) in primary for ch in text):  # the usual case: one run
+        return [(FONT_NAME, text)]
+    runs: list[tuple[str, str]] = []
+    for ch in text:
+        code = ord(ch)
+        name = FALLBACK_FONT_NAME if code not in primary and code in fallback else FONT_NAME
+        if runs and runs[-1][0] == name:
+            runs[-1] = (name, runs[-1][1] + ch)
+        else:
+            runs.append((name, ch))
+    return runs
+
+
+def draw_text(canvas: Canvas, x: float, y: float, text: str, size: float, align: str = "left") -> None:
+    """Draw ``text`` at (x, y) in the document font, switching to the fallback for missing glyphs.
+
+    ``align`` is "left", "centre" or "right" (x is then the centre or the right edge).
+    """
+    runs = font_runs(text)
+    if align != "left":
+        width = sum(pdfmetrics.stringWidth(run, name, size) for name, run in runs)
+        x -= width / 2 if align == "centre" else width
+    for name, run in runs:
+        canvas.setFont(name, size)
+        canvas.drawString(x, y, run)
+        if len(runs) > 1:
+            x += pdfmetrics.stringWidth(run, name, size)
 
 
 # --------------------------------------------------------------------------- drawing
@@ -428,7 +498,7 @@ class PdfText:
 
     def add(self, text: str) -> str:
         self.drawn.append(text)
-        return drawable(text)
+        return text
 
     def missing(self) -> tuple[str, ...]:
         return missing_glyphs("".join(self.drawn))

@@ -38,6 +38,7 @@ from kiban.core.documents import (
     SignerProvider,
     document_font,
     draw_qr,
+    draw_text,
     issue,
 )
 from kiban.core.wareki import to_wareki
@@ -473,8 +474,7 @@ class _Sheet:
         c = self.canvas
         c.setFont(FONT_NAME, 9)
         c.drawString(_LEFT + 2 * mm, self.y, self.text.add(label))
-        c.setFont(FONT_NAME, size)
-        c.drawString(_LEFT + 42 * mm, self.y, self.text.add(value))
+        draw_text(c, _LEFT + 42 * mm, self.y, self.text.add(value), size)
         c.setLineWidth(0.3)
         c.line(_LEFT, self.y - 2 * mm, _RIGHT, self.y - 2 * mm)
         self.y -= 7.5 * mm
@@ -516,8 +516,7 @@ class _Sheet:
                 x = _LEFT + column * half
                 c.setFont(FONT_NAME, 8)
                 c.drawString(x + 1 * mm, self.y, self.text.add(label))
-                c.setFont(FONT_NAME, 13 if label == "氏名" else 10)
-                c.drawString(x + 30 * mm, self.y, self.text.add(value))
+                draw_text(c, x + 30 * mm, self.y, self.text.add(value), 13 if label == "氏名" else 10)
             c.setLineWidth(0.3)
             c.line(_LEFT, self.y - 2 * mm, _RIGHT, self.y - 2 * mm)
             self.y -= _ROW
