@@ -723,3 +723,20 @@ def test_random_sequences_keep_one_seal_per_person_and_refusals_change_nothing(
         assert live == {c: n for c, n in active.items() if n is not None}
         assert len(rows) == registered and len({r.card_number for r in rows}) == len(rows)
         assert all(r.abolished_on is not None for r in rows if not r.is_active)
+
+
+def _red_pixels(png: bytes) -> int:
+    raw = Image.open(io.BytesIO(png)).convert("RGB").tobytes()
+    return sum(1 for i in range(0, len(raw), 3) if raw[i] > 150 and raw[i + 1] < 100)
+
+
+def test_synthetic_seals_are_deterministic_and_pass_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    first = seals.synthetic_seal_image("渡邊", seed=1)
+    assert first == seals.synthetic_seal_image("渡邊", seed=1) != seals.synthetic_seal_image("渡邊", seed=2)
+    assert validate_seal_image(first, "image/png").width == 240
+    assert _red_pixels(first) > 240 * 4  # a ring and the name, not a blank square
+    # Without a Japanese font, strokes stand in for the name.
+    monkeypatch.setattr(seals, "SEAL_FONTS", ())
+    fontless = seals.synthetic_seal_image("渡邊", seed=1)
+    assert fontless != first and validate_seal_image(fontless, "image/png").height == 240
+    assert _red_pixels(fontless) > 240 * 4

@@ -17,6 +17,7 @@ from kiban.register.seals.service import (
     normalise_card_number,
     register_seal,
     seal_history,
+    synthetic_seal_image,
     validate_seal_image,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "normalise_card_number",
     "register_seal",
     "seal_history",
+    "synthetic_seal_image",
     "validate_seal_image",
 ]

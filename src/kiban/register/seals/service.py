@@ -12,16 +12,18 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import random
 import re
 import secrets
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -416,7 +418,9 @@ def register_seal(
         raise SealError("notified_on", "before_residence", "is before the person became a resident here")
     if age_on(resident.birth_date, day) < MIN_AGE:
         raise SealError("resident_code", "age", f"the person must be {MIN_AGE} or older on the 届出日")
-    if adult_ward is not False:
+    if not isinstance(adult_ward, bool):
+        raise SealError("adult_ward", "type", "must be true or false")
+    if adult_ward:
         raise SealError("adult_ward", "adult_ward", "a 成年被後見人 cannot register a seal")
     if _active_of(session, resident) is not None:
         raise SealError(
@@ -702,3 +706,51 @@ def find_by_card_number(
     subject = resident.resident_code if resident is not None else registration.resident_code
     _audit_read(session, actor, subject, municipality, purpose, [registration], "card")
     return registration
+
+
+# --- synthetic seals (demo) ---------------------------------------------------------------------
+
+SEAL_FONTS: tuple[Path, ...] = (
+    Path("/usr/share/fonts/opentype/ipaexfont-mincho/ipaexm.ttf"),
+    Path("/usr/share/fonts/truetype/ipaexfont-mincho/ipaexm.ttf"),
+    Path("/usr/share/fonts/opentype/noto/NotoSerifCJK-Bold.ttc"),
+    Path("/usr/share/fonts/truetype/noto/NotoSerifCJK-Bold.ttc"),
+)
+
+
+def synthetic_seal_image(
+    family_name: str, *, seed: int = 0, size: int = 240, font: Path | None = None
+) -> bytes:
+    """A PNG that looks like a 認印 impression of ``family_name`` (for the demo and tests).
+
+    Red ring, up to three characters of the name stacked vertically, slight ink unevenness drawn
+    from ``seed``; without a Japanese font installed, abstract strokes stand in for the name.
+    """
+    rng = random.Random(f"kiban-seal:{seed}:{family_name}")
+    ink = (200 + rng.randrange(30), 20 + rng.randrange(30), 30 + rng.randrange(30))
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+    margin, ring = size // 20, max(3, size // 24)
+    draw.ellipse((margin, margin, size - margin, size - margin), outline=ink, width=ring)
+    chars = [c for c in family_name if not c.isspace()][:3] or ["印"]
+    path = font or next((p for p in SEAL_FONTS if p.exists()), None)
+    cell = int((size - 2 * margin - 2 * ring) * 0.9) // max(2, len(chars))
+    top = (size - cell * len(chars)) // 2
+    if path is not None:
+        face = ImageFont.truetype(str(path), cell)
+        for i, char in enumerate(chars):
+            draw.text((size // 2, top + i * cell + cell // 2), char, fill=ink, font=face, anchor="mm")
+    else:
+        for i in range(len(chars)):
+            y = top + i * cell
+            for _ in range(4):
+                x0, x1 = rng.randrange(size // 3, size // 2), rng.randrange(size // 2, 2 * size // 3)
+                yy = y + rng.randrange(cell)
+                draw.line((x0, yy, x1, yy + rng.randrange(-cell // 4, cell // 4 + 1)), fill=ink, width=ring)
+    # Ink unevenness: a few paper-white specks, as in a real impression.
+    for _ in range(size):
+        x, y = rng.randrange(size), rng.randrange(size)
+        draw.point((x, y), fill="white")
+    out = io.BytesIO()
+    img.save(out, format="PNG")
+    return out.getvalue()
