@@ -30,7 +30,7 @@ CODE = "212016"
 
 
 def _entries() -> list[docs.ResidentEntry]:
-    common = {
+    common: dict[str, Any] = {
         "municipality_code": CODE,
         "household_head_name": "成田　公正",
         "address": "岐阜県岐阜市福住町2丁目30番10号",
