@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from kiban.core.config import Settings
 from kiban.core.database import utcnow
-from kiban.core.logging import TWELVE_DIGITS, is_secret_name
+from kiban.core.logging import is_secret_name
 from kiban.core.models.audit import AuditEntry, AuditHead
 
 GENESIS_HASH = "0" * 64
@@ -51,6 +51,9 @@ _ACTION = re.compile(r"[a-z][a-z0-9_]{0,31}")
 _FLAG = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+# A 個人番号 written on its own (also 4-4-4); not the digits inside a UUID or another token,
+# which would refuse about one UUID in 281 whose last group happens to be all digits.
+_NUMBER_ALONE = re.compile(r"(?<![0-9A-Za-z\-])\d{4}[ \-]?\d{4}[ \-]?\d{4}(?![0-9A-Za-z\-])")
 
 _LOG = cast(Table, AuditEntry.__table__)
 _HEAD = cast(Table, AuditHead.__table__)
@@ -358,7 +361,7 @@ def _text(field: str, value: object, *, max_len: int, allow_empty: bool = False)
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise AuditError(field, "must be valid Unicode (no lone surrogates)") from exc
-    if TWELVE_DIGITS.search(unicodedata.normalize("NFKC", value)):
+    if _NUMBER_ALONE.search(unicodedata.normalize("NFKC", value)):
         raise AuditError(
             field, "must not contain a 12-digit number (a 個人番号 never goes into the audit log)"
         )
