@@ -869,7 +869,13 @@ def test_uuids_with_an_all_digit_last_group_are_accepted_but_numbers_alone_are_n
     common = {"actor": "clerk", "role": "clerk", "action": "read", "purpose": "p", "items": ["x"]}
     uuid_text = "0b9c1a52-3f1e-4c1a-9d2b-123456789012"
     _record(session, subject="", detail={"resident_id": uuid_text}, **common)
-    hidden_numbers = ("123456789018", "1234 5678 9018", "1234-5678-9018", "id: 123456789018.", "１２３４５６７８９０１８")
+    hidden_numbers = (
+        "123456789018",
+        "1234 5678 9018",
+        "1234-5678-9018",
+        "id: 123456789018.",
+        "１２３４５６７８９０１８",
+    )
     for hidden in hidden_numbers:
         with pytest.raises(_AuditError):
             _record(session, subject="", detail={"note": hidden}, **common)
