@@ -99,3 +99,43 @@ def test_cli_rejects_bad_arguments(tmp_path: Path) -> None:
     result = runner.invoke(app, ["demo", "--data", str(tmp_path / "f"), "--residents", "100"])
     assert result.exit_code == 2
     assert "data_dir_is_directory" in result.output
+
+
+def test_sample_documents_read_back_and_verify(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pypdf import PdfReader
+
+    from kiban.core.documents import KeyDirectorySigners, verify_document
+    from kiban.core.models.documents import IssuedDocument
+
+    names = {p.name for p in (demo_dir / "documents").glob("*.pdf")}
+    assert names == {"juminhyo-household.pdf", "kisai-jiko.pdf", "inkan-toroku.pdf", "shotoku-kazei.pdf"}
+    texts = {
+        name: "".join(page.extract_text() for page in PdfReader(demo_dir / "documents" / name).pages)
+        for name in names
+    }
+    assert "住民票" in texts["juminhyo-household.pdf"] and "令和" in texts["juminhyo-household.pdf"]
+    assert "印鑑登録証明書" in texts["inkan-toroku.pdf"]
+    assert "令和7年度" in texts["shotoku-kazei.pdf"]
+    report = (demo_dir / "report.md").read_text()
+    monkeypatch.delenv("KIBAN_DATABASE_URL", raising=False)
+    settings = load_settings(demo_dir)
+    engine = make_engine(settings.database_url)
+    with session_factory(engine)() as s:
+        for name in names:
+            serial = next(line for line in report.splitlines() if f"`{name}`" in line).rsplit("serial ", 1)[1]
+            assert serial in texts[name].replace(" ", "")
+            row = s.scalars(select(IssuedDocument).where(IssuedDocument.serial == serial)).one()
+            assert row is not None
+            ok = verify_document(
+                s,
+                serial,
+                row.content_hash,
+                row.verification_code,
+                signers=KeyDirectorySigners(settings.keys_dir),
+            )
+            assert ok.valid
+            forged = verify_document(
+                s, serial, "0" * 64, row.verification_code, signers=KeyDirectorySigners(settings.keys_dir)
+            )
+            assert not forged.valid
+    engine.dispose()
