@@ -959,9 +959,10 @@ def move_in(session: Session, actor: Actor, command: MoveIn, *, today: date | No
         if command.effective_on < date.fromisoformat(data["birth_date"]):
             raise RegisterError("effective_on", "before_birth", "the 転入 is before the birth date")
         _one_active(session, p.resident_code, f"{field}.resident_code")
-        person = PersonData.model_construct(
-            **{k: data.get(k) for k in PersonData.model_fields if k in data},
-        )
+        items = {k: data.get(k) for k in PersonData.model_fields if k in data}
+        if items.get("period_of_stay_end"):
+            items["period_of_stay_end"] = date.fromisoformat(str(items["period_of_stay_end"]))
+        person = PersonData.model_construct(**items)
         r = _new_resident(
             actor,
             p.resident_code,
