@@ -1,0 +1,135 @@
+"""`kiban ca`: the CA core of the JPKI analogue — init (key ceremony), status, crl (publish now).
+
+Keys: files in ``<data>/keys/`` for the embedded demo, a PKCS#11 token when
+``KIBAN_PKCS11_LIBRARY`` is set (see :func:`kiban.jpki.keys.keystore_from_settings`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+app = typer.Typer(help="Certificate authorities (公的個人認証 / LGPKI analogue).", no_args_is_help=True)
+
+DATA_OPTION = typer.Option(None, "--data", help="Data directory (SQLite file and keys/ live here).")
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+
+
+def _open(data: Path | None) -> tuple[sessionmaker[Session], object]:
+    from kiban.core.config import load_settings
+    from kiban.core.database import make_engine, session_factory, upgrade
+    from kiban.jpki.keys import keystore_from_settings
+
+    settings = load_settings(data)
+    settings.ensure_dirs()
+    upgrade(settings.database_url)
+    return session_factory(make_engine(settings.database_url)), keystore_from_settings(settings)
+
+
+@app.command("init")
+def init(
+    data: Path | None = DATA_OPTION,
+    base_url: str = typer.Option(
+        DEFAULT_BASE_URL, "--base-url", help="Public URL written into certificates."
+    ),
+    algorithm: str = typer.Option("rsa2048", "--algorithm", help="CA key type: rsa2048 or p256."),
+) -> None:
+    """Key ceremony (鍵生成式典): make the CA keys and certificates; prints their fingerprints.
+
+    Idempotent: existing CAs are listed, never regenerated; a stray key without its CA is refused.
+    """
+    from kiban.core.database import transaction
+    from kiban.jpki.keys import KeyStore
+    from kiban.jpki.models import CertificateAuthority
+    from kiban.jpki.service import CaError, ca_certificate, fingerprint, init_hierarchies
+
+    factory, keystore = _open(data)
+    assert isinstance(keystore, KeyStore)
+    try:
+        with transaction(factory) as session:
+            before = set(session.scalars(select(CertificateAuthority.id)))
+            cas = init_hierarchies(session, keystore, base_url, algorithm=algorithm)
+            for ca in cas:
+                state = "existing" if ca.id in before else "created"
+                typer.echo(
+                    f"{ca.id:18} {state:8} {ca.key_algorithm:8} SHA-256 {fingerprint(ca_certificate(ca))}"
+                )
+    except (CaError, ValueError) as error:
+        typer.echo(f"refused: {error}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command("status")
+def status(data: Path | None = DATA_OPTION) -> None:
+    """Each CA: certificates by status, last CRL number and when the next CRL is due."""
+    from kiban.core.database import transaction
+    from kiban.jpki.models import Certificate, CertificateAuthority, CrlPublication
+
+    factory, _ = _open(data)
+    with transaction(factory) as session:
+        cas = session.scalars(select(CertificateAuthority).order_by(CertificateAuthority.id)).all()
+        if not cas:
+            typer.echo("no CA: run `kiban ca init`")
+            raise typer.Exit(1)
+        counts: dict[tuple[str, str], int] = {
+            (ca_id, st): n
+            for ca_id, st, n in session.execute(
+                select(Certificate.ca_id, Certificate.status, func.count()).group_by(
+                    Certificate.ca_id, Certificate.status
+                )
+            ).tuples()
+        }
+        for ca in cas:
+            last = session.scalar(
+                select(CrlPublication)
+                .where(CrlPublication.ca_id == ca.id, CrlPublication.partition == 0)
+                .order_by(CrlPublication.crl_number.desc())
+                .limit(1)
+            )
+            crl = f"CRL #{last.crl_number} next {last.next_update:%Y-%m-%dT%H:%MZ}" if last else "no CRL yet"
+            typer.echo(
+                f"{ca.id:18} good {counts.get((ca.id, 'good'), 0):>8} revoked "
+                f"{counts.get((ca.id, 'revoked'), 0):>8} hold {counts.get((ca.id, 'hold'), 0):>6}  {crl}"
+            )
+
+
+@app.command("crl")
+def crl(
+    data: Path | None = DATA_OPTION,
+    ca_id: list[str] = typer.Option([], "--ca", help="Only this CA (repeatable); default every CA."),
+) -> None:
+    """Publish CRLs now (full, and partitions past the threshold); exit 1 if a check fails."""
+    from kiban.core.database import transaction, utcnow
+    from kiban.jpki.crl import publish_crl
+    from kiban.jpki.keys import KeyStore
+    from kiban.jpki.models import CertificateAuthority
+    from kiban.jpki.service import CaError
+
+    factory, keystore = _open(data)
+    assert isinstance(keystore, KeyStore)
+    failed = False
+    try:
+        with transaction(factory) as session:
+            ids = ca_id or list(
+                session.scalars(select(CertificateAuthority.id).order_by(CertificateAuthority.id))
+            )
+            if not ids:
+                typer.echo("no CA: run `kiban ca init`", err=True)
+                raise typer.Exit(1)
+            now = utcnow()
+            for one in ids:
+                for item in publish_crl(session, keystore, one, now):
+                    ok = item.check is None or item.check.ok
+                    failed |= not ok
+                    typer.echo(
+                        f"{item.ca_id:18} partition {item.partition:>4} CRL #{item.crl_number} "
+                        f"entries {item.entries:>8} {'complete' if ok else 'INCOMPLETE'} {item.url}"
+                    )
+    except CaError as error:
+        typer.echo(f"refused: {error}", err=True)
+        raise typer.Exit(1) from None
+    if failed:
+        raise typer.Exit(1)
