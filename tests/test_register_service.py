@@ -1095,3 +1095,78 @@ def test_unknown_record(world: list[str], session_maker: sessionmaker[Session]) 
     )
     with session_maker() as s, pytest.raises(NotFound):
         service.get_record(s, CLERK_A, code)
+
+
+# --- bulk path -------------------------------------------------------------------------------------
+
+
+def test_batch_applies_the_same_changes_as_single_events(
+    world: list[str], session_maker: sessionmaker[Session]
+) -> None:
+    with session_maker() as s:
+        members = family(s)
+        person = single(s)
+    commands: list[NameChange | Relocation] = [
+        NameChange(
+            **dates(4, 5),
+            target=Target(resident_code=person.resident_code, version=person.version),
+            family_name="一括",
+            family_name_kana="ｲｯｶﾂ",
+            keep_old_family_name=True,
+        ),
+        Relocation(
+            **dates(3, 4), targets=[Target(resident_code=m.resident_code) for m in members], address=ADDRESS
+        ),
+        # The same person again in the same batch: versions go up one per event.
+        NameChange(**dates(2, 3), target=Target(resident_code=person.resident_code), given_name="二回目"),
+    ]
+    with session_maker.begin() as s:
+        assert service.apply_batch(s, CLERK_A, commands, today=TODAY) == 2 + len(members)
+    with session_maker() as s:
+        r = s.get_one(Resident, person.id)
+        assert (r.family_name, r.given_name, r.old_family_name) == ("一括", "二回目", person.family_name)
+        assert r.family_name_kana == "イッカツ" and r.version == person.version + 2
+        assert person.resident_code in [
+            i.resident_code
+            for i in service.search(s, CLERK_A, SearchQuery(name="イッカツ"), today=TODAY).items
+        ]
+        rows = s.scalars(
+            select(ChangeRecord).where(ChangeRecord.resident_id == person.id).order_by(ChangeRecord.seq)
+        ).all()
+        assert [row.resident_version for row in rows] == [person.version + 1, person.version + 2]
+        assert rows[1].before == {"given_name": person.given_name} and rows[1].after == {
+            "given_name": "二回目"
+        }
+        for m in members:
+            moved = s.get_one(Resident, m.id)
+            assert moved.town == "神田錦町" and moved.version == m.version + 1
+            assert service.reconstruct(s, m.id) == service.snapshot(moved)
+        assert s.get_one(Household, members[0].household_id).town == "神田錦町"
+        events = s.scalars(select(OutboxEvent).where(OutboxEvent.type == "register.identity_changed")).all()
+        assert len(events) == 2 + len(members)
+        audited = s.scalars(select(AuditEntry).where(AuditEntry.subject == person.resident_code)).all()
+        assert [e.action for e in audited] == ["update", "update", "read"]  # two events, one search
+
+
+def test_batch_is_all_or_nothing(world: list[str], session_maker: sessionmaker[Session]) -> None:
+    with session_maker() as s:
+        head, wife = family(s)[:2]
+        person = single(s)
+    good = NameChange(**dates(), target=Target(resident_code=person.resident_code), family_name="良")
+    stale = NameChange(
+        **dates(), target=Target(resident_code=head.resident_code, version=head.version + 5), family_name="古"
+    )
+    with session_maker() as s:
+        before = state(s)
+    with pytest.raises(ConflictError) as caught, session_maker.begin() as s:
+        service.apply_batch(s, CLERK_A, [good, stale], today=TODAY)
+    assert (caught.value.field, caught.value.rule) == ("commands[1].version", "stale_version")
+    partial = Relocation(**dates(), targets=[Target(resident_code=wife.resident_code)], address=ADDRESS)
+    with pytest.raises(RegisterError) as refused_batch, session_maker.begin() as s:
+        service.apply_batch(s, CLERK_A, [good, partial], today=TODAY)
+    assert (refused_batch.value.field, refused_batch.value.rule) == (
+        "commands[1].targets",
+        "bulk_whole_household",
+    )
+    with session_maker() as s:
+        assert state(s) == before

@@ -32,13 +32,15 @@ Handlers for the last two: :func:`register_event_handlers`.
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date, datetime, timedelta
-from typing import Any, Literal, ParamSpec, TypeVar
+from types import SimpleNamespace
+from typing import Any, Literal, ParamSpec, TypeVar, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -1935,3 +1937,337 @@ def search(
         for r in rows
     ]
     return SearchPage(items=items, total=total, page=query.page, page_size=query.page_size)
+
+
+# --- bulk path (一括異動) ---------------------------------------------------------------------------
+
+BulkCommand = NameChange | Relocation
+BULK_CHUNK = 2000
+
+
+def _bulk_codes(command: BulkCommand) -> list[str]:
+    if isinstance(command, NameChange):
+        return [command.target.resident_code]
+    return [t.resident_code for t in command.targets]
+
+
+@_conflicts_as_errors
+def apply_batch(
+    session: Session, actor: Actor, commands: Sequence[BulkCommand], *, today: date | None = None
+) -> int:
+    """Apply many 氏名変更 and whole-household 転居 at once (batch entry, data migration, benchmarks).
+
+    The same rules, history rows, audit entries and ``register.identity_changed`` events as the
+    single-event functions, written set-based: one UPDATE per record and one INSERT per table
+    for a chunk of commands, however often a record recurs in it (its history rows carry each
+    intermediate version). All or nothing: the first refused command raises (its field prefixed
+    with ``commands[i].``) and the caller rolls back. A 転居 that does not move a whole household
+    is refused with rule ``bulk_whole_household``: use :func:`relocation` for it. Use a fresh
+    session (records are written around the session's identity map). Returns the number of
+    history rows written.
+    """
+    today_ = _today(today)
+    for i, command in enumerate(commands):
+        try:
+            _check_dates(command, today_)
+        except RegisterError as exc:
+            raise RegisterError(f"commands[{i}].{exc.field}", exc.rule, exc.detail) from exc
+    indexed = list(enumerate(commands))
+    return sum(
+        _apply_chunk(session, actor, indexed[start : start + BULK_CHUNK])
+        for start in range(0, len(indexed), BULK_CHUNK)
+    )
+
+
+_RESIDENTS = cast(Table, Resident.__table__)
+_HOUSEHOLDS = cast(Table, Household.__table__)
+_CHANGES = cast(Table, ChangeRecord.__table__)
+_NAME_COLUMNS = (
+    "family_name",
+    "given_name",
+    "family_name_kana",
+    "given_name_kana",
+    "old_family_name",
+    "old_family_name_kana",
+)
+_MOVE_COLUMNS = (*_ADDRESS_PARTS, "pre_move_address", "address_since")
+_BULK_COLUMNS = (*_NAME_COLUMNS, "name_search_key", "kana_search_key", *_MOVE_COLUMNS)
+_BULK_UPDATE = (
+    update(_RESIDENTS)
+    .where(_RESIDENTS.c.id == bindparam("b_id"), _RESIDENTS.c.version == bindparam("b_version"))
+    .values(
+        {c: bindparam(f"v_{c}") for c in _BULK_COLUMNS}
+        | {"version": bindparam("v_version"), "updated_at": bindparam("v_updated_at")}
+    )
+)
+_BULK_HOUSEHOLD_UPDATE = (
+    update(_HOUSEHOLDS)
+    .where(_HOUSEHOLDS.c.id == bindparam("b_id"))
+    .values(
+        {k: bindparam(f"v_{k}") for k in _ADDRESS_PARTS}
+        | {"version": _HOUSEHOLDS.c.version + 1, "updated_at": bindparam("v_updated_at")}
+    )
+)
+
+
+class _Tracked:
+    """One record during a bulk chunk: a plain row object, its items as JSON, its first version."""
+
+    __slots__ = ("r", "_items", "first_version")
+
+    def __init__(self, r: Resident) -> None:
+        self.r = r
+        self._items: dict[str, Any] | None = None
+        self.first_version = r.version
+
+    @property
+    def items(self) -> dict[str, Any]:
+        if self._items is None:
+            self._items = snapshot(self.r)
+        return self._items
+
+
+def _bulk_load(session: Session, codes: list[str]) -> tuple[dict[str, _Tracked], dict[uuid.UUID, set[str]]]:
+    """The active records of ``codes`` with everyone of their households (locked), and the members.
+
+    Core rows in plain objects: the ORM's identity map and change tracking cost more here than
+    the whole UPDATE, and the statements of :func:`_apply_chunk` write the records anyway.
+    """
+    found: dict[str, _Tracked] = {}
+    members: dict[uuid.UUID, set[str]] = {}
+    active = _RESIDENTS.c.status == ResidentStatus.ACTIVE.value
+    for start in range(0, len(codes), 5000):
+        households = (
+            select(_RESIDENTS.c.household_id)
+            .where(_RESIDENTS.c.resident_code.in_(codes[start : start + 5000]), active)
+            .scalar_subquery()
+        )
+        rows = session.execute(
+            select(_RESIDENTS).where(_RESIDENTS.c.household_id.in_(households), active).with_for_update()
+        )
+        for row in rows.mappings():
+            record = cast(Resident, SimpleNamespace(**row))
+            found[record.resident_code] = _Tracked(record)
+            members.setdefault(record.household_id, set()).add(record.resident_code)
+    return found, members
+
+
+def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkCommand]]) -> int:
+    from kiban.core.events import default_source
+    from kiban.core.models.events import OutboxEvent
+
+    codes = list(dict.fromkeys(code for _, command in chunk for code in _bulk_codes(command)))
+    found, members = _bulk_load(session, codes)
+    now = utcnow()
+    source = default_source()
+    households: dict[uuid.UUID, dict[str, Any]] = {}
+    history_rows: list[dict[str, Any]] = []
+    outbox_rows: list[dict[str, Any]] = []
+    audit_rows: list[dict[str, Any]] = []
+    for i, command in chunk:
+        is_name = isinstance(command, NameChange)
+        targets = (
+            [(command.target.resident_code, command.target.version)]
+            if isinstance(command, NameChange)
+            else [(t.resident_code, t.version) for t in command.targets]
+        )
+        people: list[_Tracked] = []
+        for j, (code, version) in enumerate(targets):
+            field = f"commands[{i}].resident_code" if is_name else f"commands[{i}].targets[{j}].resident_code"
+            tracked = found.get(code)
+            if tracked is None:
+                _load_active(session, actor, code, field=field)  # raises the precise error
+                raise NotFound(field, "not_found", code)
+            if tracked.r.municipality_code != actor.municipality_code:
+                raise AccessDenied(
+                    field, "own_municipality", f"{code} is not a resident of {actor.municipality_code}"
+                )
+            try:
+                _check_version(tracked.r, version)
+                _check_on_person(tracked.r, command)
+            except RegisterError as exc:
+                raise type(exc)(f"commands[{i}].{exc.field}", exc.rule, exc.detail) from exc
+            people.append(tracked)
+        kind = ChangeKind.NAME_CHANGE if is_name else ChangeKind.RELOCATION
+        group_id = uuid.uuid4()
+        values: dict[str, Any] = {}
+        if isinstance(command, Relocation):
+            hids = {t.r.household_id for t in people}
+            if (
+                len(hids) != 1
+                or members.get(next(iter(hids)), set()) != {t.r.resident_code for t in people}
+                or command.household.head_code is not None
+                or command.household.join_household_of is not None
+            ):
+                raise RegisterError(
+                    f"commands[{i}].targets",
+                    "bulk_whole_household",
+                    "only whole households; use relocation()",
+                )
+            values = _address_values(actor, command.address)
+            households[next(iter(hids))] = values
+        for tracked in people:
+            r = tracked.r
+            new: dict[str, Any] = {}
+            if isinstance(command, NameChange):
+                if (
+                    command.keep_old_family_name
+                    and command.family_name
+                    and command.family_name != r.family_name
+                ):
+                    new["old_family_name"] = r.family_name
+                    new["old_family_name_kana"] = r.family_name_kana
+                for part in ("family_name", "given_name", "family_name_kana", "given_name_kana"):
+                    value = getattr(command, part)
+                    if value is not None:
+                        new[part] = value
+            else:
+                new = dict(values)
+                new["pre_move_address"] = address_text(r)
+                new["address_since"] = command.effective_on
+            changed = [k for k, v in new.items() if tracked.items[k] != _json(v)]
+            if not changed:
+                continue
+            before = {k: tracked.items[k] for k in changed}
+            for k in changed:
+                setattr(r, k, new[k])
+                tracked.items[k] = _json(new[k])
+            r.version += 1
+            history_rows.append(
+                {
+                    "group_id": group_id,
+                    "kind": kind.value,
+                    "municipality_code": r.municipality_code,
+                    "resident_id": r.id,
+                    "resident_code": r.resident_code,
+                    "household_id": r.household_id,
+                    "notified_on": command.notified_on,
+                    "effective_on": command.effective_on,
+                    "recorded_at": now,
+                    "actor": actor.username,
+                    "reason": command.reason,
+                    "before": before,
+                    "after": {k: tracked.items[k] for k in changed},
+                    "resident_version": r.version,
+                }
+            )
+            audit_rows.append(
+                {
+                    "actor": actor.username,
+                    "role": actor.role,
+                    "action": "update",
+                    "purpose": f"住民票の異動（{CHANGE_KIND_JA[kind.value]}）",
+                    "subject": r.resident_code,
+                    "items": changed,
+                    "organisation": actor.municipality_code,
+                    "detail": {"kind": kind.value},
+                    "occurred_at": now,
+                }
+            )
+            if IDENTITY_ITEMS.intersection(changed):
+                outbox_rows.append(
+                    {
+                        "event_id": str(uuid.uuid4()),
+                        "type": IDENTITY_CHANGED,
+                        "key": r.resident_code,
+                        "schema_version": SCHEMA_VERSION,
+                        "occurred_at": now,
+                        "payload": identity_payload(r, kind.value, command),
+                        "source": source,
+                    }
+                )
+    updates = [
+        {"b_id": t.r.id, "b_version": t.first_version, "v_version": t.r.version, "v_updated_at": now}
+        | {f"v_{c}": getattr(t.r, c) for c in _BULK_COLUMNS}
+        for t in found.values()
+        if t.r.version != t.first_version
+    ]
+    for t in found.values():
+        if t.r.version != t.first_version:
+            t.r.name_search_key = name_search_key(t.r.family_name, t.r.given_name)
+            t.r.kana_search_key = kana_search_key(t.r.family_name_kana, t.r.given_name_kana)
+    for row, t in zip(updates, (t for t in found.values() if t.r.version != t.first_version), strict=True):
+        row["v_name_search_key"] = t.r.name_search_key
+        row["v_kana_search_key"] = t.r.kana_search_key
+    if updates and _update_rows(session, _BULK_UPDATE, _RESIDENTS, updates, versioned=True) != len(updates):
+        raise ConflictError("version", "stale_version", "another clerk changed a record of the batch")
+    if households:
+        _update_rows(
+            session,
+            _BULK_HOUSEHOLD_UPDATE,
+            _HOUSEHOLDS,
+            [
+                {"b_id": hid, "v_updated_at": now, **{f"v_{k}": v for k, v in values.items()}}
+                for hid, values in households.items()
+            ],
+            versioned=False,
+        )
+    if history_rows:
+        _insert_rows(session, _CHANGES, history_rows, json_columns=("before", "after"))
+    if outbox_rows:
+        # Rows as events.emit() writes them, in one go (emit flushes once per event).
+        _insert_rows(session, cast(Table, OutboxEvent.__table__), outbox_rows, json_columns=("payload",))
+    audit.record_many(session, audit_rows)
+    return len(history_rows)
+
+
+def _insert_rows(
+    session: Session, table: Table, rows: list[dict[str, Any]], *, json_columns: Sequence[str] = ()
+) -> None:
+    """Insert ``rows`` in the session's transaction: COPY on PostgreSQL, executemany elsewhere."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        session.execute(table.insert(), rows)
+        return
+    columns = list(rows[0])
+    json_at = {i for i, c in enumerate(columns) if c in json_columns}
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            values = list(row.values())
+            for i in json_at:
+                values[i] = json.dumps(values[i], ensure_ascii=False)
+            copy.write_row(values)
+
+
+def _update_rows(
+    session: Session, statement: Any, table: Table, rows: list[dict[str, Any]], *, versioned: bool
+) -> int:
+    """UPDATE rows by id (``b_id``; ``b_version`` checked when ``versioned``); returns rows updated.
+
+    PostgreSQL: the new values are COPYed into a temporary table and applied by one
+    ``UPDATE … FROM`` (an executemany UPDATE costs a round of the pipeline per row).
+    """
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        result = session.execute(statement, rows)
+        return int(result.rowcount)  # type: ignore[attr-defined]
+    keys = list(rows[0])
+    value_columns = [k[2:] for k in keys if k.startswith("v_")]
+    temp = f"kiban_bulk_{table.name}"
+    types = {
+        name: ("integer" if name == "version" else table.c[name].type.compile(dialect=connection.dialect))
+        for name in value_columns
+    }
+    ddl = ", ".join(
+        ["b_id uuid", "b_version integer"] + [f"v_{name} {types[name]}" for name in value_columns]
+    )
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    with driver.cursor() as cursor:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {temp} ({ddl}) ON COMMIT DROP")
+        cursor.execute(f"TRUNCATE {temp}")
+        names = ["b_id", "b_version"] + [f"v_{name}" for name in value_columns]
+        with cursor.copy(f"COPY {temp} ({', '.join(names)}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([row.get(name) for name in names])
+        assignments = ", ".join(f"{name} = t.v_{name}" for name in value_columns)
+        if not versioned:
+            assignments += f", version = {table.name}.version + 1"
+        condition = f"{table.name}.id = t.b_id"
+        if versioned:
+            condition += f" AND {table.name}.version = t.b_version"
+        cursor.execute(f"UPDATE {table.name} SET {assignments} FROM {temp} t WHERE {condition}")
+        return int(cursor.rowcount)
