@@ -1,7 +1,8 @@
 # Sourced by scripts/test.sh: makes sure what the tests drive is on the machine.
 # Debian packages: chromium (browser tests), fonts-noto-cjk (Japanese glyphs in screenshots),
 # fonts-ipaexfont-mincho (embedded in issued PDFs), poppler-utils and zbar-tools (PDFs rendered
-# and their QR codes scanned in tests), nats-server (event bus tests; started when nothing
+# and their QR codes scanned in tests), softhsm2 (PKCS#11 token for CA keys), openssl (checks our
+# certificates, CRLs and OCSP), nats-server (event bus tests; started when nothing
 # listens on 4222).
 
 _listening() { (echo > "/dev/tcp/127.0.0.1/$1") >/dev/null 2>&1; }
@@ -22,6 +23,8 @@ ensure_test_services() {
   [ -f /usr/share/fonts/opentype/ipaexfont-mincho/ipaexm.ttf ] || missing+=(fonts-ipaexfont-mincho)
   command -v pdftoppm >/dev/null 2>&1 || missing+=(poppler-utils)
   command -v zbarimg >/dev/null 2>&1 || missing+=(zbar-tools)
+  command -v softhsm2-util >/dev/null 2>&1 || missing+=(softhsm2)
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   if ! _listening 4222 && ! command -v nats-server >/dev/null 2>&1; then missing+=(nats-server); fi
   if [ ${#missing[@]} -gt 0 ]; then
     echo "services: installing ${missing[*]}"
