@@ -1091,9 +1091,80 @@ def _wareki(day: date | None) -> str:
     return to_wareki(day) if day else ""
 
 
+ITEM_LABELS: dict[str, str] = {
+    "resident_code": "住民票コード",
+    "family_name": "氏",
+    "given_name": "名",
+    "family_name_kana": "氏（フリガナ）",
+    "given_name_kana": "名（フリガナ）",
+    "old_family_name": "旧氏",
+    "old_family_name_kana": "旧氏（フリガナ）",
+    "alias": "通称",
+    "alias_kana": "通称（フリガナ）",
+    "romaji_name": "ローマ字氏名",
+    "birth_date": "生年月日",
+    "sex": "性別",
+    "relationship": "続柄",
+    "postal_code": "郵便番号",
+    "prefecture": "都道府県",
+    "municipality": "市区町村",
+    "town": "町字",
+    "banchi": "番地",
+    "katagaki": "方書",
+    "address_since": "住所を定めた日",
+    "resident_since": "住民となった日",
+    "previous_address": "転入前住所",
+    "pre_move_address": "異動前住所",
+    "honseki": "本籍",
+    "hittousha": "筆頭者",
+    "nationality": "国籍・地域",
+    "residence_status": "在留資格",
+    "period_of_stay_end": "在留期間の満了の日",
+    "residence_card_number": "在留カード等番号",
+    "foreign_resident_since": "外国人住民となった日",
+    "elector": "選挙人名簿",
+    "national_health_insurance": "国民健康保険",
+    "national_pension": "国民年金",
+    "status": "状態",
+    "removed_reason": "消除事由",
+    "removed_on": "消除日",
+    "destination": "転出先",
+    "starts_on": "支援措置の開始日",
+    "ends_on": "支援措置の終了予定日",
+}
+_HIDDEN_ITEMS = frozenset(
+    {"individual_number", "household_id", "municipality_code", "restriction_id", "restriction_ids"}
+)
+
+
+def _shown(name: str, value: Any) -> str:
+    if value is None or value == "":
+        return "（なし）"
+    if isinstance(value, bool):
+        return "あり" if value else "なし"
+    if name == "sex":
+        return {1: "男", 2: "女"}.get(value, str(value))
+    if name == "status":
+        return {"active": "住民", "removed": "消除"}.get(value, str(value))
+    return str(value)
+
+
+def history_changes(entry: schemas.HistoryEntry) -> list[tuple[str, str, str]]:
+    """(item, before, after) in Japanese for one 異動履歴 row; a new record lists what it was given."""
+    created = not entry.before
+    rows = []
+    for name, value in entry.after.items():
+        if name in _HIDDEN_ITEMS or (created and value in (None, "", False)):
+            continue
+        before = "" if created else _shown(name, entry.before.get(name))
+        rows.append((ITEM_LABELS.get(name, name), before, _shown(name, value)))
+    return rows
+
+
 def _page(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
     context.setdefault("wareki", _wareki)
     context.setdefault("kind_ja", CHANGE_KIND_JA)
+    context.setdefault("changes", history_changes)
     return render(request, f"register/{name}", context, status_code=status_code)
 
 
@@ -1157,7 +1228,7 @@ def command_from_form(
             if persons:
                 data[f.name] = persons
             continue
-        if not raw.strip():
+        if not raw.strip() or f.name == "version":  # "version" goes with the single target ("codes")
             continue
         if f.kind in ("date", "hidden", "code"):
             _set(data, f.name, unicodedata.normalize("NFKC", raw).strip())
