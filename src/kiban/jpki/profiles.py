@@ -397,38 +397,52 @@ class Issuer:
     base_url: str
 
 
-def _common(
-    builder: x509.CertificateBuilder, issuer: Issuer, public_key: PublicKey, crl_url: str
-) -> x509.CertificateBuilder:
+@lru_cache(maxsize=64)
+def _issuer_extensions(issuer: Issuer) -> tuple[x509.Extension[x509.ExtensionType], ...]:
+    """basicConstraints, AKI and AIA: the same in every certificate of one CA (built once)."""
     urls = ca_urls(issuer.base_url, issuer.ca_id)
     ski = issuer.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    return (
-        builder.issuer_name(issuer.name)
-        .public_key(public_key)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
-        .add_extension(
-            x509.CRLDistributionPoints(
-                [x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)]
+    aia = x509.AuthorityInformationAccess(
+        [
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(urls["ocsp"])
             ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityInformationAccess(
-                [
-                    x509.AccessDescription(
-                        AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(urls["ocsp"])
-                    ),
-                    x509.AccessDescription(
-                        AuthorityInformationAccessOID.CA_ISSUERS,
-                        x509.UniformResourceIdentifier(urls["ca_issuers"]),
-                    ),
-                ]
+            x509.AccessDescription(
+                AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(urls["ca_issuers"])
             ),
-            critical=False,
-        )
+        ]
     )
+    return (
+        x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(ca=False, path_length=None)),
+        x509.Extension(
+            x509.AuthorityKeyIdentifier.oid,
+            False,
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski),
+        ),
+        x509.Extension(x509.AuthorityInformationAccess.oid, False, aia),
+    )
+
+
+@lru_cache(maxsize=4096)
+def _crl_dp(crl_url: str) -> x509.Extension[x509.ExtensionType]:
+    value = x509.CRLDistributionPoints(
+        [x509.DistributionPoint([x509.UniformResourceIdentifier(crl_url)], None, None, None)]
+    )
+    return x509.Extension(x509.CRLDistributionPoints.oid, False, value)
+
+
+def _base_extensions(
+    issuer: Issuer, public_key: PublicKey, crl_url: str
+) -> list[x509.Extension[x509.ExtensionType]]:
+    basic, aki, aia = _issuer_extensions(issuer)
+    ski = x509.Extension(
+        x509.SubjectKeyIdentifier.oid, False, x509.SubjectKeyIdentifier.from_public_key(public_key)
+    )
+    return [basic, ski, aki, _crl_dp(crl_url), aia]
+
+
+def _ext(value: x509.ExtensionType, critical: bool = False) -> x509.Extension[x509.ExtensionType]:
+    return x509.Extension(value.oid, critical, value)
 
 
 def _key_usage(
@@ -451,6 +465,12 @@ def _policy(kind: str) -> x509.CertificatePolicies:
     return x509.CertificatePolicies([x509.PolicyInformation(x509.ObjectIdentifier(POLICIES[kind]), None)])
 
 
+_POLICY_EXT = {kind: _ext(_policy(kind)) for kind in POLICIES}
+_KU_SIGNATURE = _ext(_key_usage(non_repudiation=True), critical=True)
+_KU_AUTH = _ext(_key_usage(), critical=True)
+_COUNTRY_JP = x509.NameAttribute(NameOID.COUNTRY_NAME, "JP")
+
+
 def personal_builder(
     kind: str,
     *,
@@ -462,33 +482,36 @@ def personal_builder(
     not_after: datetime,
     crl_url: str,
     holder: HolderInfo | None,
+    personal_names: list[x509.GeneralName] | None = None,
 ) -> x509.CertificateBuilder:
-    """署名用 / 利用者証明用 (card or smartphone): the subject is only an opaque id."""
+    """署名用 / 利用者証明用 (card or smartphone): the subject is only an opaque id.
+
+    ``personal_names`` (from :func:`personal_data_names`) saves recomputing them."""
     subject = x509.Name(
         [
-            x509.NameAttribute(NameOID.COUNTRY_NAME, "JP"),
+            _COUNTRY_JP,
             x509.NameAttribute(NameOID.COMMON_NAME, subject_id),
         ]
     )
-    builder = _common(
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .serial_number(serial)
-        .not_valid_before(not_before)
-        .not_valid_after(not_after),
-        issuer,
-        public_key,
-        crl_url,
-    ).add_extension(_policy(kind), critical=False)
+    extensions = _base_extensions(issuer, public_key, crl_url)
+    extensions.append(_POLICY_EXT[kind])
     if kind in SIGNATURE_KINDS:
         if holder is None:
             raise ProfileError("holder", "required", "a signature certificate carries the 基本4情報")
-        names, _ = personal_data_names(holder)
-        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
-        builder = builder.add_extension(_key_usage(non_repudiation=True), critical=True)
+        names = personal_names if personal_names is not None else personal_data_names(holder)[0]
+        extensions.append(_ext(x509.SubjectAlternativeName(names)))
+        extensions.append(_KU_SIGNATURE)
     else:
-        builder = builder.add_extension(_key_usage(), critical=True)
-    return builder
+        extensions.append(_KU_AUTH)
+    return x509.CertificateBuilder(
+        issuer_name=issuer.name,
+        subject_name=subject,
+        public_key=public_key,
+        serial_number=serial,
+        not_valid_before=not_before,
+        not_valid_after=not_after,
+        extensions=extensions,
+    )
 
 
 def organisation_builder(
@@ -512,19 +535,18 @@ def organisation_builder(
             x509.NameAttribute(NameOID.COMMON_NAME, title),
         ]
     )
-    return (
-        _common(
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .serial_number(serial)
-            .not_valid_before(not_before)
-            .not_valid_after(not_after),
-            issuer,
-            public_key,
-            crl_url,
-        )
-        .add_extension(_policy("organisation"), critical=False)
-        .add_extension(_key_usage(non_repudiation=True), critical=True)
+    return x509.CertificateBuilder(
+        issuer_name=issuer.name,
+        subject_name=subject,
+        public_key=public_key,
+        serial_number=serial,
+        not_valid_before=not_before,
+        not_valid_after=not_after,
+        extensions=[
+            *_base_extensions(issuer, public_key, crl_url),
+            _POLICY_EXT["organisation"],
+            _KU_SIGNATURE,
+        ],
     )
 
 
@@ -551,20 +573,19 @@ def tls_builder(
         ]
     )
     eku = ExtendedKeyUsageOID.SERVER_AUTH if kind == "tls_server" else ExtendedKeyUsageOID.CLIENT_AUTH
-    builder = (
-        _common(
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .serial_number(serial)
-            .not_valid_before(not_before)
-            .not_valid_after(not_after),
-            issuer,
-            public_key,
-            crl_url,
-        )
-        .add_extension(_policy(kind), critical=False)
-        .add_extension(_key_usage(key_encipherment=isinstance(public_key, rsa.RSAPublicKey)), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([eku]), critical=False)
+    builder = x509.CertificateBuilder(
+        issuer_name=issuer.name,
+        subject_name=subject,
+        public_key=public_key,
+        serial_number=serial,
+        not_valid_before=not_before,
+        not_valid_after=not_after,
+        extensions=[
+            *_base_extensions(issuer, public_key, crl_url),
+            _POLICY_EXT[kind],
+            _ext(_key_usage(key_encipherment=isinstance(public_key, rsa.RSAPublicKey)), critical=True),
+            _ext(x509.ExtendedKeyUsage([eku])),
+        ],
     )
     if dns_names:
         builder = builder.add_extension(

@@ -12,12 +12,12 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from typing import Any
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.orm import Session
 
 from kiban.core import audit
@@ -360,12 +360,13 @@ def _issue_many(
             )
         )
     issued: list[IssuedCertificate] = []
+    count = ca.issued_count
     cert_rows: list[dict[str, Any]] = []
     record_rows: list[dict[str, Any]] = []
     audit_rows: list[dict[str, Any]] = []
     for item, serial, serial_hex in zip(items, serials, hexes, strict=True):
-        partition = ca.issued_count // ca.partition_size + 1
-        ca.issued_count += 1
+        partition = count // ca.partition_size + 1
+        count += 1
         crl_url = profiles.partition_crl_url(ca.base_url, ca.id, partition)
         certificate = keystore.sign_certificate(ca.key_label, item.make(serial, crl_url, partition))
         der = certificate.public_bytes(_DER)
@@ -411,10 +412,10 @@ def _issue_many(
                 "purpose": AUDIT_PURPOSE,
                 "subject": item.resident_code or "",
                 "items": ["certificate"],
+                # kept small: the audit log canonicalises and hashes every byte (kind: see the CA)
                 "detail": {
                     "ca": ca.id,
                     "serial": serial_hex,
-                    "kind": item.kind,
                     **({"renewal_of": renewal_hex} if renewal_hex else {}),
                 },
                 "occurred_at": now,
@@ -433,8 +434,11 @@ def _issue_many(
                 replaced=renewal_hex,
             )
         )
-    session.execute(insert(Certificate), cert_rows)
-    session.execute(insert(IssuanceRecord), record_rows)
+    ca.issued_count = count
+    # Core inserts: no ORM identity bookkeeping for rows this transaction does not touch again.
+    connection = session.connection()
+    connection.execute(insert(cast(Table, Certificate.__table__)), cert_rows)
+    connection.execute(insert(cast(Table, IssuanceRecord.__table__)), record_rows)
     audit.record_many(session, audit_rows)
     for item, new in zip(items, issued, strict=True):
         if item.renewal_of is not None:
@@ -547,7 +551,10 @@ def issue_personal_certificates(
                     "issue the user-authentication certificate of this card first",
                 )
             cap = caps[holder.card_id]
-            profiles.personal_data_names(holder)  # character-rule errors before anything is signed
+            # computed once; character-rule errors surface before anything is signed
+            names = profiles.personal_data_names(holder)[0]
+        else:
+            names = None
         old = _renewed(session, ca.id, kind, request.renewal_of, holder.resident_code)
         window = old is not None and profiles.in_renewal_window(old.not_after, now)
         not_after = profiles.personal_not_after(
@@ -565,6 +572,7 @@ def issue_personal_certificates(
             _sid: str = subject_id,
             _end: datetime = not_after,
             _h: HolderInfo = holder,
+            _names: list[x509.GeneralName] | None = names,
         ) -> x509.CertificateBuilder:
             return profiles.personal_builder(
                 kind,
@@ -576,6 +584,7 @@ def issue_personal_certificates(
                 not_after=_end,
                 crl_url=crl_url,
                 holder=_h,
+                personal_names=_names,
             )
 
         items.append(
