@@ -2036,14 +2036,21 @@ def _bulk_load(session: Session, codes: list[str]) -> tuple[dict[str, _Tracked],
     found: dict[str, _Tracked] = {}
     members: dict[uuid.UUID, set[str]] = {}
     active = _RESIDENTS.c.status == ResidentStatus.ACTIVE.value
+    household_ids: list[uuid.UUID] = []
     for start in range(0, len(codes), 5000):
-        households = (
-            select(_RESIDENTS.c.household_id)
-            .where(_RESIDENTS.c.resident_code.in_(codes[start : start + 5000]), active)
-            .scalar_subquery()
+        household_ids += session.scalars(
+            select(_RESIDENTS.c.household_id).where(
+                _RESIDENTS.c.resident_code.in_(codes[start : start + 5000]), active
+            )
         )
+    # Two plain look-ups rather than IN (subquery): the planner picks them well even on tables
+    # without fresh statistics (right after a bulk load).
+    household_ids = list(dict.fromkeys(household_ids))
+    for start in range(0, len(household_ids), 5000):
         rows = session.execute(
-            select(_RESIDENTS).where(_RESIDENTS.c.household_id.in_(households), active).with_for_update()
+            select(_RESIDENTS)
+            .where(_RESIDENTS.c.household_id.in_(household_ids[start : start + 5000]), active)
+            .with_for_update()
         )
         for row in rows.mappings():
             record = cast(Resident, SimpleNamespace(**row))
