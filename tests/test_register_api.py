@@ -1001,3 +1001,91 @@ def test_transaction_helper_is_not_needed_for_reads(
     with transaction(session_maker) as s:
         assert (s.scalar(select(func.count()).select_from(AuditEntry)) or 0) > (audits or 0)
     assert state(world.factory) == before
+
+
+@pytest.mark.parametrize("slug", sorted(api.EVENTS))
+def test_every_event_refuses_an_empty_request_by_api_and_by_form(
+    world: World, chiyoda: TestClient, slug: str
+) -> None:
+    before = state(world.factory)
+    err = problem(post(chiyoda, slug, {}), 422)
+    assert ("body.notified_on", "missing") in rules(err) and ("body.effective_on", "missing") in rules(err)
+    token = csrf(chiyoda.get(f"/register/events/{slug}", headers=HTML).text)
+    page = chiyoda.post(f"/register/events/{slug}", data={"csrf_token": token}, headers=HTML)
+    assert page.status_code == 422
+    assert 'id="notified_on-error"' in page.text and "必須項目です。" in page.text
+    assert 'aria-invalid="true"' in page.text
+    assert state(world.factory) == before
+
+
+def test_bad_restriction_and_tax_input_by_api_and_by_form(world: World, chiyoda: TestClient) -> None:
+    person = adult(world)
+    code = person.resident_code
+    before = state(world.factory)
+    backwards = {"resident_code": code, "reason": "DV", "starts_on": days_ago(0), "ends_on": days_ago(10)}
+    assert ("body.ends_on", "period_order") in rules(
+        problem(chiyoda.post("/api/register/restrictions", json=backwards), 422)
+    )
+    no_reason = {**backwards, "reason": "", "ends_on": days_ago(-10)}
+    assert ("body.reason", "string_too_short") in rules(
+        problem(chiyoda.post("/api/register/restrictions", json=no_reason), 422)
+    )
+    lift = {"resident_code": code, "reason": "終了", "lifted_on": days_ago(0)}
+    assert ("resident_code", "not_restricted") in rules(
+        problem(chiyoda.post("/api/register/restrictions/lift", json=lift), 422)
+    )
+    tax = {"fiscal_year": "二〇二五", "taxable_income": -1, "income_total": 0, "tax_amount": 0}
+    err = problem(chiyoda.post(f"/api/register/residents/{code}/tax", json=tax), 422)
+    assert ("body.fiscal_year", "int_parsing") in rules(err)
+    url = f"/register/residents/{code}/restriction"
+    token = csrf(chiyoda.get(url, headers=HTML).text)
+    page = chiyoda.post(
+        url,
+        data={
+            "csrf_token": token,
+            "action": "set",
+            "reason": "DV",
+            "starts_on": days_ago(0),
+            "ends_on": "2025-02-30",
+        },
+        headers=HTML,
+    )
+    assert page.status_code == 422 and 'id="ends_on-error"' in page.text and 'value="DV"' in page.text
+    url = f"/register/residents/{code}/tax"
+    page = chiyoda.post(
+        url,
+        data={"csrf_token": token, "fiscal_year": "２０２５", "income_total": "100万", "taxable_income": "0",
+              "tax_amount": "0"},
+        headers=HTML,
+    )  # fmt: skip
+    assert page.status_code == 422 and 'id="income_total-error"' in page.text
+    assert "整数で入力してください。" in page.text and 'value="100万"' in page.text
+    assert state(world.factory) == before
+    done = chiyoda.post(
+        url,
+        data={
+            "csrf_token": token,
+            "fiscal_year": "２０２５",
+            "income_total": "1,000,000",
+            "taxable_income": "570,000",
+            "tax_amount": "62,000",
+        },
+        headers=HTML,
+        follow_redirects=False,
+    )
+    assert done.status_code == 303  # full-width digits and thousands separators are read as numbers
+
+
+def test_search_shows_the_restriction_flag(world: World, chiyoda: TestClient) -> None:
+    person = adult(world)
+    restriction = {
+        "resident_code": person.resident_code,
+        "reason": "ストーカー",
+        "starts_on": days_ago(0),
+        "ends_on": days_ago(-30),
+    }
+    ok(chiyoda.post("/api/register/restrictions", json=restriction))
+    page = ok(chiyoda.get("/api/register/residents", params={"resident_code": person.resident_code}))
+    assert page["items"][0]["restricted"] is True
+    html = chiyoda.get("/register", params={"resident_code": person.resident_code}, headers=HTML)
+    assert "flag-restricted" in html.text
