@@ -46,8 +46,23 @@ def ks(tmp_path: Path) -> FileKeyStore:
     return FileKeyStore(tmp_path / "keys")
 
 
-def init(session: Session, ks: FileKeyStore, **kwargs: object) -> None:
-    service.init_hierarchies(session, ks, BASE, now=now_utc() - timedelta(days=1), **kwargs)  # type: ignore[arg-type]
+def init(
+    session: Session,
+    ks: FileKeyStore,
+    *,
+    algorithm: str = "rsa2048",
+    partition_size: int = service.DEFAULT_PARTITION_SIZE,
+    partition_threshold: int = service.DEFAULT_PARTITION_THRESHOLD,
+) -> None:
+    service.init_hierarchies(
+        session,
+        ks,
+        BASE,
+        now=now_utc() - timedelta(days=1),
+        algorithm=algorithm,
+        partition_size=partition_size,
+        partition_threshold=partition_threshold,
+    )
 
 
 def issue_pair(
@@ -100,7 +115,8 @@ def test_full_crl_lists_revoked_and_held_with_reasons(session: Session, ks: File
     assert reasons_of(auth_crl.der) == {int(auth.serial, 16): "certificateHold"}
     assert first[0].check is not None and first[0].check.ok
     assert crl.latest_crl(session, "jpki-sign") is not None
-    assert crl.latest_crl(session, "jpki-sign").crl_number == 2  # type: ignore[union-attr]
+    latest = crl.latest_crl(session, "jpki-sign")
+    assert latest is not None and latest.crl_number == 2
 
 
 def test_released_hold_leaves_and_expired_entries_age_out(session: Session, ks: FileKeyStore) -> None:
@@ -169,7 +185,8 @@ def test_partitions_by_issuance_batch(session: Session, ks: FileKeyStore) -> Non
     assert idp.critical and idp.value.full_name[0].value == f"{BASE}/crl/jpki-auth/2.crl"  # type: ignore[index]
     assert all(p.check is not None and p.check.ok for p in published)
     # a partition URL without its own CRL falls back to the full CRL
-    assert crl.latest_crl(session, "jpki-auth", 9).partition == 0  # type: ignore[union-attr]
+    fallback = crl.latest_crl(session, "jpki-auth", 9)
+    assert fallback is not None and fallback.partition == 0
 
 
 def test_incomplete_crl_is_detected_and_alerted(session: Session, ks: FileKeyStore) -> None:
@@ -189,7 +206,7 @@ def test_incomplete_crl_is_detected_and_alerted(session: Session, ks: FileKeySto
     # the wrong reason, and a good certificate listed, are also caught
     entries = crl.revoked_entries(
         [
-            crl._Entry(sign.serial, "keyCompromise", now, None, 1),
+            (sign.serial, "keyCompromise", now.replace(tzinfo=None), None, 1),
         ]
     )
     wrong = ks.sign_crl(

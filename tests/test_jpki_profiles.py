@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -204,8 +206,8 @@ def test_serials_are_positive_and_at_least_64_bits() -> None:
         ({"card_id": ""}, "holder.card_id", "format"),
     ],
 )
-def test_bad_holder_names_field_and_rule(changes: dict[str, object], field: str, rule: str) -> None:
-    base = {
+def test_bad_holder_names_field_and_rule(changes: dict[str, Any], field: str, rule: str) -> None:
+    base: dict[str, Any] = {
         "resident_code": "12345678901",
         "name": "山田　太郎",
         "birth_date": date(1980, 5, 10),
@@ -213,7 +215,7 @@ def test_bad_holder_names_field_and_rule(changes: dict[str, object], field: str,
         "address": "東京都千代田区",
         "card_id": "card-1",
     }
-    holder = HolderInfo(**{**base, **changes})  # type: ignore[arg-type]
+    holder = replace(HolderInfo(**base), **changes)
     with pytest.raises(ProfileError) as error:
         profiles.check_holder(holder)
     assert (error.value.field, error.value.rule) == (field, rule)

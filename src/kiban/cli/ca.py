@@ -21,12 +21,17 @@ DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 def _open(data: Path | None) -> tuple[sessionmaker[Session], object]:
     from kiban.core.config import load_settings
     from kiban.core.database import make_engine, session_factory, upgrade
-    from kiban.jpki.keys import keystore_from_settings
+    from kiban.jpki.keys import KeyStoreError, keystore_from_settings
 
     settings = load_settings(data)
+    try:
+        keystore = keystore_from_settings(settings)
+    except KeyStoreError as error:
+        typer.echo(f"refused: {error}", err=True)
+        raise typer.Exit(1) from None
     settings.ensure_dirs()
     upgrade(settings.database_url)
-    return session_factory(make_engine(settings.database_url)), keystore_from_settings(settings)
+    return session_factory(make_engine(settings.database_url)), keystore
 
 
 @app.command("init")
@@ -80,7 +85,7 @@ def status(data: Path | None = DATA_OPTION) -> None:
                 select(Certificate.ca_id, Certificate.status, func.count()).group_by(
                     Certificate.ca_id, Certificate.status
                 )
-            ).tuples()
+            )
         }
         for ca in cas:
             last = session.scalar(

@@ -20,7 +20,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
-from sqlalchemy import select
+from sqlalchemy import String, select, type_coerce
 from sqlalchemy.orm import Session
 
 from kiban.core.events import emit
@@ -36,15 +36,6 @@ CRL_INTERVAL = timedelta(days=1)
 # (RFC 5280 §3.3): we keep it while not_after is later than thisUpdate minus two intervals.
 RETENTION = 2 * CRL_INTERVAL
 ALERT_EVENT = "jpki.crl_incomplete"
-
-
-@dataclass(frozen=True)
-class _Entry:
-    serial: str
-    reason: str
-    changed_at: datetime
-    invalidity: datetime | None
-    partition: int
 
 
 @dataclass(frozen=True)
@@ -80,14 +71,32 @@ class CrlCheck:
         return asdict(self)
 
 
+# (serial hex, reason, revocation time, invalidity date, partition); times naive UTC, which is
+# what cryptography stores, so no per-entry time-zone conversion is needed.
+Entry = tuple[str, str, datetime, datetime | None, int]
+
+
+def _naive_utc(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):  # SQLite hands back its stored text: UTC, without offset
+        parsed = datetime.fromisoformat(value)
+        return parsed.astimezone(UTC).replace(tzinfo=None) if parsed.tzinfo else parsed
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    raise TypeError(f"not a timestamp: {value!r}")
+
+
 def _revoked_rows(
     session: Session, ca_id: str, this_update: datetime, partition: int | None = None
-) -> list[_Entry]:
+) -> list[Entry]:
+    """The CA's revoked and held certificates listed at ``this_update`` (read raw: no ORM
+    objects and no per-value type processing — a CRL may have millions of entries)."""
     query = select(
         Certificate.serial,
         Certificate.reason,
-        Certificate.status_changed_at,
-        Certificate.invalidity_date,
+        type_coerce(Certificate.status_changed_at, String),
+        type_coerce(Certificate.invalidity_date, String),
         Certificate.partition,
     ).where(
         Certificate.ca_id == ca_id,
@@ -97,28 +106,37 @@ def _revoked_rows(
     )
     if partition:
         query = query.where(Certificate.partition == partition)
+    fallback = this_update.astimezone(UTC).replace(tzinfo=None)
+    convert = _naive_utc
     return [
-        _Entry(r[0], r[1] or "unspecified", r[2] or this_update, r[3], r[4]) for r in session.execute(query)
+        (serial, reason or "unspecified", convert(changed) or fallback, convert(invalid), part)
+        for serial, reason, changed, invalid, part in session.connection().execute(query)
     ]
 
 
-def revoked_entries(entries: Iterable[_Entry]) -> list[tuple[int, x509.RevokedCertificate]]:
-    """(partition, RevokedCertificate) for each entry: built once, shared by full CRL and partitions."""
-    reason_ext = {name: x509.CRLReason(flag) for name, flag in REASONS.items()}
+def revoked_entries(entries: Iterable[Entry]) -> list[tuple[int, x509.RevokedCertificate]]:
+    """(partition, RevokedCertificate) for each entry: built once, shared by full CRL and partitions.
+
+    Uses the builder's constructor with ready ``Extension`` objects (one per reason, shared):
+    the fluent setters re-validate and copy the extension list on every call."""
+    reason_ext: dict[str, x509.Extension[x509.ExtensionType]] = {
+        name: x509.Extension(x509.CRLReason.oid, False, x509.CRLReason(flag))
+        for name, flag in REASONS.items()
+    }
+    invalidity_oid = x509.InvalidityDate.oid
+    make = x509.RevokedCertificateBuilder
     out: list[tuple[int, x509.RevokedCertificate]] = []
     append = out.append
-    for entry in entries:
-        builder = (
-            x509.RevokedCertificateBuilder()
-            .serial_number(int(entry.serial, 16))
-            .revocation_date(entry.changed_at)
-            .add_extension(reason_ext[entry.reason], critical=False)
-        )
-        if entry.invalidity is not None:
-            builder = builder.add_extension(
-                x509.InvalidityDate(entry.invalidity.replace(tzinfo=None)), critical=False
+    for serial, reason, changed, invalid, part in entries:
+        extensions: list[x509.Extension[x509.ExtensionType]] = [reason_ext[reason]]
+        if invalid is not None:
+            extensions.append(x509.Extension(invalidity_oid, False, x509.InvalidityDate(invalid)))
+        append(
+            (
+                part,
+                make(serial_number=int(serial, 16), revocation_date=changed, extensions=extensions).build(),
             )
-        append((entry.partition, builder.build()))
+        )
     return out
 
 
@@ -292,7 +310,7 @@ def check_crl_complete(session: Session, crl_der: bytes) -> CrlCheck:
             ),
         )
     this_update = crl.last_update_utc
-    expected = {e.serial: e.reason for e in _revoked_rows(session, ca.id, this_update, partition or None)}
+    expected = {e[0]: e[1] for e in _revoked_rows(session, ca.id, this_update, partition or None)}
     listed: dict[str, str] = {}
     for revoked in crl:
         try:
@@ -310,7 +328,7 @@ def check_crl_complete(session: Session, crl_der: bytes) -> CrlCheck:
                 select(Certificate.serial, Certificate.status_changed_at).where(
                     Certificate.ca_id == ca.id, Certificate.serial.in_(sorted(extra)[:10_000])
                 )
-            ).tuples()
+            )
         )
         unexpected = sorted(s for s in extra if rows.get(s) is None or rows[s] <= this_update)  # type: ignore[operator]
     wrong = sorted(s for s in set(expected) & set(listed) if expected[s] != listed[s])
