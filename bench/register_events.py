@@ -116,6 +116,9 @@ def _setup(url: str, residents: int) -> tuple[Any, dict[uuid.UUID, list[str]]]:
     with factory.begin() as s:
         codes = numbering.issue_resident_codes(s, residents, ResidentCodeGenerator(random.Random(7)))
     load_population(engine, generate_population([MUNICIPALITY], residents, 7, date(2025, 4, 1)), iter(codes))
+    with engine.begin() as conn:
+        # Statistics as a running database has them (autovacuum may be off on a scratch server).
+        conn.execute(text("ANALYZE"))
     households: dict[uuid.UUID, list[str]] = {}
     with factory() as s:
         for hid, code in s.execute(select(Resident.household_id, Resident.resident_code)):
