@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from kiban.core.models.audit import AuditEntry
 from kiban.core.models.events import OutboxEvent
 from kiban.jpki import crl, service
 from kiban.jpki.keys import FileKeyStore
@@ -114,6 +115,12 @@ def test_full_crl_lists_revoked_and_held_with_reasons(session: Session, ks: File
     auth_crl = crl.publish_crl(session, ks, "jpki-auth", now)[0]
     assert reasons_of(auth_crl.der) == {int(auth.serial, 16): "certificateHold"}
     assert first[0].check is not None and first[0].check.ok
+    published = session.scalars(select(AuditEntry).where(AuditEntry.action == "publish")).all()
+    assert [(e.detail["ca"], e.detail["crl_number"], e.detail["complete"]) for e in published] == [
+        ("jpki-sign", 1, True),
+        ("jpki-sign", 2, True),
+        ("jpki-auth", 1, True),
+    ]
     assert crl.latest_crl(session, "jpki-sign") is not None
     latest = crl.latest_crl(session, "jpki-sign")
     assert latest is not None and latest.crl_number == 2
@@ -276,6 +283,7 @@ def pki(session: Session, ks: FileKeyStore, tmp_path: Path) -> dict[str, object]
         now=now,
         renewal_of=auth2.serial,
     )
+    ocsp = service.issue_ocsp_signer_certificate(session, ks, ca_id="jpki-sign", public_key=EC_KEY, now=now)
     service.revoke(session, sign.serial, reason="affiliationChanged", now=now)
     service.hold(session, auth.serial, now=now)
     service.revoke_on_request(session, sign2.serial, key_compromise=True, now=now, actor="holder")
@@ -298,6 +306,7 @@ def pki(session: Session, ks: FileKeyStore, tmp_path: Path) -> dict[str, object]
         "m_sign": m_sign,
         "org": org,
         "tls": tls,
+        "ocsp": ocsp,
     }
     for name, issued in certs.items():
         path = tmp_path / f"{name}.pem"
@@ -316,6 +325,7 @@ CHAINS = {
     "m_sign": "jpki-mobile-sign",
     "org": "lgpki-org",
     "tls": "lgpki-org",
+    "ocsp": "jpki-sign",
 }
 EXPECTED = {
     "sign": "revoked",
@@ -327,6 +337,7 @@ EXPECTED = {
     "m_sign": "good",
     "org": "good",
     "tls": "good",
+    "ocsp": "good",
 }
 
 

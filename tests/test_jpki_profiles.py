@@ -219,3 +219,19 @@ def test_bad_holder_names_field_and_rule(changes: dict[str, Any], field: str, ru
     with pytest.raises(ProfileError) as error:
         profiles.check_holder(holder)
     assert (error.value.field, error.value.rule) == (field, rule)
+
+
+@given(
+    st.dates(date(1920, 1, 1), date(2011, 12, 31)),
+    st.dates(date(2026, 1, 1), date(2040, 12, 31)),
+    st.integers(min_value=1, max_value=4000),
+    st.booleans(),
+)
+def test_validity_property(born: date, issued: date, card_days: int, renewal: bool) -> None:
+    now = at(issued)
+    card_expiry = issued + timedelta(days=card_days)
+    end = personal_not_after(born, now, card_expiry, renewal_window=renewal)
+    assert now < end <= profiles.end_of_day_jst(card_expiry)
+    birthday = nth_birthday_after(born, issued, 6 if renewal else 5)
+    assert end == min(profiles.end_of_day_jst(birthday), profiles.end_of_day_jst(card_expiry))
+    assert profiles.jst_date(end) in {birthday, card_expiry}

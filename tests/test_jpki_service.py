@@ -520,3 +520,17 @@ def test_register_handlers_subscribes_both() -> None:
     registry = Registry()
     service.register_handlers(registry)
     assert registry.event_types == ["cards.state_changed", "network.identity_changed"]
+
+
+def test_ocsp_signer_certificate(ca_session: Session, ks: FileKeyStore) -> None:
+    signer = service.issue_ocsp_signer_certificate(ca_session, ks, ca_id="jpki-auth", public_key=KEY, now=NOW)
+    cert = signer.certificate
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.oid.ExtendedKeyUsageOID.OCSP_SIGNING]
+    assert cert.extensions.get_extension_for_class(x509.OCSPNoCheck)
+    assert signer.not_after == NOW + timedelta(days=service.OCSP_SIGNER_DAYS)
+    cert.verify_directly_issued_by(service.ca_certificate(service.get_ca(ca_session, "jpki-auth")))
+    assert cert_row(ca_session, signer.serial).kind == "ocsp_signer"
+    with pytest.raises(CaError) as error:
+        service.issue_ocsp_signer_certificate(ca_session, ks, ca_id="jpki-root", public_key=KEY, now=NOW)
+    assert error.value.rule == "issuing_ca"

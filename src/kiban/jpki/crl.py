@@ -23,11 +23,20 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import String, select, type_coerce
 from sqlalchemy.orm import Session
 
+from kiban.core import audit
 from kiban.core.events import emit
 from kiban.jpki import profiles
 from kiban.jpki.keys import KeyStore
 from kiban.jpki.models import Certificate, CertificateAuthority, CrlPublication
-from kiban.jpki.service import REASONS, CaError, ca_certificate, get_ca
+from kiban.jpki.service import (
+    AUDIT_PURPOSE,
+    AUDIT_ROLE,
+    DEFAULT_ACTOR,
+    REASONS,
+    CaError,
+    ca_certificate,
+    get_ca,
+)
 
 log = logging.getLogger(__name__)
 
@@ -191,6 +200,7 @@ def publish_crl(
     *,
     scope: str = "all",
     check: bool = True,
+    actor: str = DEFAULT_ACTOR,
 ) -> list[PublishedCrl]:
     """Sign and record the CA's CRLs now: ``scope`` "all" (full, plus partitions past the
     threshold), "full" or "partitions". Each is checked complete unless ``check`` is False."""
@@ -245,6 +255,23 @@ def publish_crl(
                 complete=outcome.ok if outcome is not None else True,
                 published_at=this_update,
             )
+        )
+        audit.record(
+            session,
+            actor=actor,
+            role=AUDIT_ROLE,
+            action="publish",
+            purpose=AUDIT_PURPOSE,
+            subject="",
+            items=["crl"],
+            detail={
+                "ca": item.ca_id,
+                "partition": item.partition,
+                "crl_number": item.crl_number,
+                "entries": item.entries,
+                "complete": outcome.ok if outcome is not None else None,
+            },
+            occurred_at=this_update,
         )
         results.append(PublishedCrl(**{**item.__dict__, "check": outcome}))
     session.flush()

@@ -47,6 +47,7 @@ POLICIES: dict[str, str] = {
     "organisation": KIBAN_ARC + ".2.1",
     "tls_server": KIBAN_ARC + ".2.2",
     "tls_client": KIBAN_ARC + ".2.3",
+    "ocsp_signer": KIBAN_ARC + ".3.1",
 }
 PERSONAL_KINDS = ("signature", "user_auth", "mobile_signature", "mobile_user_auth")
 SIGNATURE_KINDS = ("signature", "mobile_signature")
@@ -592,3 +593,39 @@ def tls_builder(
             x509.SubjectAlternativeName([x509.DNSName(n) for n in dns_names]), critical=False
         )
     return builder
+
+
+def ocsp_signer_builder(
+    *,
+    issuer: Issuer,
+    public_key: PublicKey,
+    serial: int,
+    not_before: datetime,
+    not_after: datetime,
+    crl_url: str,
+) -> x509.CertificateBuilder:
+    """Delegated OCSP signing certificate (RFC 6960 §4.2.2.2): EKU OCSPSigning and id-pkix-ocsp-nocheck,
+    so clients do not ask about the responder's own certificate; kept short-lived instead."""
+    organisation = issuer.name.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    subject = x509.Name(
+        [
+            _COUNTRY_JP,
+            *organisation[:1],  # the CA's own organisation
+            x509.NameAttribute(NameOID.COMMON_NAME, f"OCSP responder for {issuer.ca_id}"),
+        ]
+    )
+    return x509.CertificateBuilder(
+        issuer_name=issuer.name,
+        subject_name=subject,
+        public_key=public_key,
+        serial_number=serial,
+        not_valid_before=not_before,
+        not_valid_after=not_after,
+        extensions=[
+            *_base_extensions(issuer, public_key, crl_url),
+            _POLICY_EXT["ocsp_signer"],
+            _KU_AUTH,
+            _ext(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.OCSP_SIGNING])),
+            _ext(x509.OCSPNoCheck()),
+        ],
+    )

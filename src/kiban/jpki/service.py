@@ -802,6 +802,55 @@ def issue_tls_certificate(
     return _issue_many(session, keystore, ca.id, [item], now=now, actor=actor)[0]
 
 
+OCSP_SIGNER_DAYS = 30
+
+
+def issue_ocsp_signer_certificate(
+    session: Session,
+    keystore: KeyStore,
+    *,
+    ca_id: str,
+    public_key: PublicKey,
+    now: datetime,
+    days: int = OCSP_SIGNER_DAYS,
+    actor: str = DEFAULT_ACTOR,
+) -> IssuedCertificate:
+    """A delegated OCSP signer for ``ca_id`` (kind ``ocsp_signer``): the responder's own key pair,
+    certified by the CA, so responses can be signed while the CA key stays offline."""
+    now = _check_now(now)
+    if not isinstance(days, int) or not 1 <= days <= 366:
+        raise CaError("days", "range", "an OCSP signer lives 1–366 days")
+    ca = get_ca(session, ca_id)
+    if ca.parent_id is None:
+        raise CaError("ca_id", "issuing_ca", "root CAs answer no OCSP; name an issuing CA")
+    public_key = profiles.check_public_key(public_key)
+    issuer = issuer_of(ca)
+    not_after = min(now + timedelta(days=days), ca.not_after)
+
+    def make(serial: int, crl_url: str, _partition: int) -> x509.CertificateBuilder:
+        return profiles.ocsp_signer_builder(
+            issuer=issuer,
+            public_key=public_key,
+            serial=serial,
+            not_before=now,
+            not_after=not_after,
+            crl_url=crl_url,
+        )
+
+    item = _Item(
+        "ocsp_signer",
+        make,
+        f"ocsp-{ca_id}"[:64],
+        f"CN=OCSP responder for {ca_id}",
+        None,
+        None,
+        now,
+        not_after,
+        None,
+    )
+    return _issue_many(session, keystore, ca.id, [item], now=now, actor=actor)[0]
+
+
 # --- status changes ---------------------------------------------------------------------------------
 
 
