@@ -534,3 +534,22 @@ def test_ocsp_signer_certificate(ca_session: Session, ks: FileKeyStore) -> None:
     with pytest.raises(CaError) as error:
         service.issue_ocsp_signer_certificate(ca_session, ks, ca_id="jpki-root", public_key=KEY, now=NOW)
     assert error.value.rule == "issuing_ca"
+
+
+def test_resident_code_change_moves_records_without_revoking(ca_session: Session, ks: FileKeyStore) -> None:
+    auth, sign = pair(ca_session, ks)
+    payload = {
+        "old": BASIC,
+        "new": BASIC,
+        "reason": "resident_code_change",
+        "previous_resident_code": "12345678901",
+    }
+    moved = event("network.identity_changed", "98765432109", payload)
+    assert service.handle_identity_changed(ca_session, moved, now=NOW) == []
+    assert {cert_row(ca_session, s).resident_code for s in (auth.serial, sign.serial)} == {"98765432109"}
+    assert {cert_row(ca_session, s).status for s in (auth.serial, sign.serial)} == {"good"}
+    # a later death under the new code reaches the certificates
+    death = event("network.identity_changed", "98765432109", {"old": BASIC, "new": BASIC, "reason": "death"})
+    assert sorted(service.handle_identity_changed(ca_session, death, now=NOW)) == sorted(
+        [auth.serial, sign.serial]
+    )

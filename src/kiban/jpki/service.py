@@ -17,7 +17,7 @@ from typing import Any, cast
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import AuthorityInformationAccessOID, NameOID
-from sqlalchemy import Table, insert, select
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from kiban.core import audit
@@ -1087,6 +1087,14 @@ def handle_identity_changed(
     reason = str(payload.get("reason") or "")
     invalid_since = _effective(payload)
     actor = f"event:{event.type}"
+    previous = payload.get("previous_resident_code")
+    if previous and previous != resident_code:
+        # 住民票コード変更: the code is not in any certificate, so nothing is revoked; the CA's
+        # records follow the person to the new code (later events arrive under it).
+        for table in (Certificate, IssuanceRecord):
+            session.execute(
+                update(table).where(table.resident_code == str(previous)).values(resident_code=resident_code)
+            )
     if reason in DEATH_REASONS or reason in REMOVAL_REASONS:
         targets = _active(session, now, Certificate.resident_code == resident_code)
         revoke_reason = "cessationOfOperation"
