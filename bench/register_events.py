@@ -83,7 +83,10 @@ def _commands(
     for i in range(n):
         members = households[rng.choice(keys)]
         day = TODAY - timedelta(days=rng.randrange(1, 300))
-        dates = {"notified_on": day, "effective_on": day - timedelta(days=rng.randrange(0, 14))}
+        dates: dict[str, Any] = {
+            "notified_on": day,
+            "effective_on": day - timedelta(days=rng.randrange(0, 14)),
+        }
         if i % 2 == 0:
             family, kana = rng.choice(FAMILY_NAMES)
             commands.append(
