@@ -1,0 +1,1 @@
+"""Identity network (住基ネット, SPEC K2): national and prefectural copies, provision, disclosure."""

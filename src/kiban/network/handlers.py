@@ -1,0 +1,26 @@
+"""How the identity network reacts to the register's and numbering's events (SPEC §8).
+
+``register.identity_changed`` → both copies (or the quarantine); ``numbering.number_assigned`` /
+``numbering.number_reissued`` → the copies learn the 個人番号 (a new version).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from kiban.core.events import DomainEvent, Registry
+from kiban.network.service import apply_identity_change, apply_number
+
+
+def replicate(session: Session, event: DomainEvent) -> None:
+    apply_identity_change(session, event)
+
+
+def record_number(session: Session, event: DomainEvent) -> None:
+    apply_number(session, event)
+
+
+def register_handlers(registry: Registry) -> None:
+    registry.add("register.identity_changed", "network.replicate", replicate)
+    registry.add("numbering.number_assigned", "network.record_number", record_number)
+    registry.add("numbering.number_reissued", "network.record_number", record_number)
