@@ -1332,7 +1332,7 @@ def _values_of(form: FormData) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for key in form:
         items = [v for v in form.getlist(key) if isinstance(v, str)]
-        values[key] = items if len(items) > 1 or key == "persons" else (items[0] if items else "")
+        values[key] = items if len(items) > 1 or key in ("persons", "items") else (items[0] if items else "")
     return values
 
 
