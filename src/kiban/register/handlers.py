@@ -35,5 +35,9 @@ def apply_individual_number(session: Session, event: DomainEvent) -> None:
 
 
 def register_handlers(registry: Registry) -> None:
+    from kiban.register.service import register_event_handlers
+
     for event_type in NUMBER_EVENTS:
         registry.add(event_type, "register.apply_individual_number", apply_individual_number)
+    # 転出証明書情報 received at the destination; the 転出 completed at the origin after the 転入.
+    register_event_handlers(registry)

@@ -24,7 +24,7 @@ from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
-from sqlalchemy import select
+from sqlalchemy import case, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -136,6 +136,8 @@ class NormalisedSeal:
 
 # --- image --------------------------------------------------------------------------------------
 
+
+_ACTIVE_FIRST = case((Resident.status == ResidentStatus.ACTIVE.value, 0), else_=1)
 
 def _sniff(data: bytes) -> str | None:
     if data.startswith(_PNG_MAGIC):
@@ -332,9 +334,13 @@ def _clerk_municipality(actor: Actor) -> str:
 def _resident_of(session: Session, actor: Actor, resident_code: str) -> Resident:
     municipality = _clerk_municipality(actor)
     code = _code(resident_code)
+    # A person who left and came back has a 除票 and an active record under the same code here.
     resident = session.scalars(
-        select(Resident).where(Resident.resident_code == code, Resident.municipality_code == municipality)
-    ).one_or_none()
+        select(Resident)
+        .where(Resident.resident_code == code, Resident.municipality_code == municipality)
+        .order_by(_ACTIVE_FIRST, Resident.created_at.desc())
+        .limit(1)
+    ).first()
     if resident is None:
         # Same answer whether the code exists elsewhere or nowhere: no leak across municipalities.
         raise SealError(

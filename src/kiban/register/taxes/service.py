@@ -18,14 +18,14 @@ from datetime import date, datetime
 from typing import Protocol, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, func, insert, select
+from sqlalchemy import Table, case, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from kiban.core import audit
 from kiban.core.database import utcnow
 from kiban.core.identifiers import IdentifierError, validate_resident_code
-from kiban.register.models import Resident
+from kiban.register.models import Resident, ResidentStatus
 from kiban.register.taxes.models import TaxAssessment
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -88,6 +88,8 @@ class AssessmentInput:
     tax_amount: int
     notes: str | None = None
 
+
+_ACTIVE_FIRST = case((Resident.status == ResidentStatus.ACTIVE.value, 0), else_=1)
 
 def current_fiscal_year(today: date | None = None) -> int:
     """年度 of ``today`` (Japan): April to March."""
@@ -152,9 +154,13 @@ def _not_here(municipality: str, field: str = "resident_code") -> TaxError:
 def _resident_of(session: Session, actor: Actor, resident_code: str) -> Resident:
     municipality = _clerk_municipality(actor)
     code = _code(resident_code)
+    # A person who left and came back has a 除票 and an active record under the same code here.
     resident = session.scalars(
-        select(Resident).where(Resident.resident_code == code, Resident.municipality_code == municipality)
-    ).one_or_none()
+        select(Resident)
+        .where(Resident.resident_code == code, Resident.municipality_code == municipality)
+        .order_by(_ACTIVE_FIRST, Resident.created_at.desc())
+        .limit(1)
+    ).first()
     if resident is None:
         raise _not_here(municipality)
     return resident
@@ -347,7 +353,9 @@ def _reader(session: Session, actor: Actor | None, resident_code: str) -> tuple[
         resident = _resident_of(session, actor, resident_code)
         return resident, resident.resident_code
     code = _code(resident_code)
-    return session.scalars(select(Resident).where(Resident.resident_code == code)).one_or_none(), code
+    # After a 転入 the code has a 除票 at the old municipality and an active record at the new one.
+    query = select(Resident).where(Resident.resident_code == code)
+    return session.scalars(query.order_by(_ACTIVE_FIRST, Resident.created_at.desc()).limit(1)).first(), code
 
 
 def _audit_read(
