@@ -44,7 +44,8 @@ def test_seal_and_tax_follow_the_active_record(engine: Engine, session_maker: se
         s.add(person)
     with session_maker.begin() as s:
         assert len(s.scalars(select(Resident).where(Resident.resident_code == code)).all()) == 2
-        seal = register_seal(s, clerk, code, synthetic_seal_image("山田", seed=1), "image/png", date(2025, 4, 1))
+        image = synthetic_seal_image("山田", seed=1)
+        seal = register_seal(s, clerk, code, image, "image/png", date(2025, 4, 1))
         assert seal.resident_id == active_id
         record_tax_assessment(s, clerk, code, 2025, 3_000_000, 4_000_000, 305_000, today=date(2025, 6, 1))
     with session_maker() as s:
