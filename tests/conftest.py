@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, inspect, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kiban.core.database import import_all_models, make_engine, session_factory, upgrade
@@ -64,9 +66,18 @@ def db_url(migrated_template: str, tmp_path: Path) -> str:
         present = set(inspect(engine).get_table_names())
         tables = [t.name for t in import_all_models().sorted_tables if t.name in present]
         if tables:
-            with engine.begin() as conn:
-                names = ", ".join(f'"{t}"' for t in tables)
-                conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+            names = ", ".join(f'"{t}"' for t in tables)
+            # TRUNCATE takes exclusive locks on every table at once; an autovacuum/ANALYZE
+            # holding one of them can make PostgreSQL pick us as a deadlock victim: retry.
+            for attempt in range(5):
+                try:
+                    with engine.begin() as conn:
+                        conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+                    break
+                except OperationalError:
+                    if attempt == 4:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
         engine.dispose()
         return migrated_template
     source = Path(make_url(migrated_template).database or "")
