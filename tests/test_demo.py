@@ -28,6 +28,8 @@ def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_every_resident_has_valid_identifiers_from_the_key(
     demo_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from kiban.register.models import ChangeRecord
+
     monkeypatch.delenv("KIBAN_DATABASE_URL", raising=False)
     settings = load_settings(demo_dir)
     cipher = IndividualNumberCipher.from_key_file(settings.keys_dir / "numbering.key")
@@ -36,10 +38,12 @@ def test_every_resident_has_valid_identifiers_from_the_key(
         rows = s.execute(
             select(Resident.resident_code, Resident.individual_number, Resident.municipality_code)
         ).all()
+        births = s.scalar(select(func.count()).where(ChangeRecord.kind == "birth"))
     engine.dispose()
-    assert len(rows) == 300
+    codes = {r.resident_code for r in rows}
+    # 300 loaded, plus the year's births; movers keep their code (除票 + new record).
+    assert len(codes) == 300 + (births or 0)
     assert {r.municipality_code for r in rows} == set(DEMO_MUNICIPALITIES)
-    assert len({r.resident_code for r in rows}) == 300
     for code, number, _ in rows:
         assert validate_resident_code(code) == code
         assert number is not None and validate_individual_number(number) == number
@@ -139,3 +143,34 @@ def test_sample_documents_read_back_and_verify(demo_dir: Path, monkeypatch: pyte
             )
             assert not forged.valid
     engine.dispose()
+
+
+def test_a_year_of_life_leaves_a_consistent_register(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiban.register.models import ChangeRecord
+
+    report = (demo_dir / "report.md").read_text()
+    assert "## 3. Life" in report
+    monkeypatch.delenv("KIBAN_DATABASE_URL", raising=False)
+    settings = load_settings(demo_dir)
+    engine = make_engine(settings.database_url)
+    with session_factory(engine)() as s:
+        kinds = dict(
+            s.execute(select(ChangeRecord.kind, func.count()).group_by(ChangeRecord.kind)).tuples().all()
+        )
+        moved_in = s.scalars(select(ChangeRecord.resident_id).where(ChangeRecord.kind == "move_in")).all()
+        records = s.execute(select(Resident.resident_code, Resident.status, Resident.municipality_code)).all()
+    engine.dispose()
+    assert kinds.get("birth", 0) >= 1 and kinds.get("death", 0) >= 1
+    assert kinds.get("move_out") == kinds.get("move_in") and len(moved_in) >= 1
+    # One active record per 住民票コード; a mover has a 除票 in one town and an active record in another.
+    active = [r.resident_code for r in records if r.status == "active"]
+    assert len(active) == len(set(active))
+    by_code: dict[str, list[tuple[str, str]]] = {}
+    for code, status, town in records:
+        by_code.setdefault(code, []).append((status, town))
+    movers = [rows for rows in by_code.values() if len(rows) == 2]
+    assert len(movers) == kinds["move_in"]
+    for rows in movers:
+        assert {status for status, _ in rows} == {"active", "removed"}
+        assert rows[0][1] != rows[1][1]
+    assert f"| 出生 | {kinds['birth']:,} |" in report
