@@ -58,8 +58,7 @@ CIPHER = IndividualNumberCipher(bytes(range(32)))
 @pytest.fixture
 def registry() -> Registry:
     reg = Registry()
-    register_handlers(reg)
-    service.register_event_handlers(reg)
+    register_handlers(reg)  # the register's own, including the 転出/転入 handlers
     network_handlers(reg)
     return reg
 

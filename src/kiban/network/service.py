@@ -935,60 +935,74 @@ def _parse_query(query: ProvisionQuery | Mapping[str, Any], row: int | None) -> 
         raise NetworkError("query", "mapping", "each query must be a mapping of fields") from exc
 
 
+def create_bulk_job(session: Session, agency_code: str, use_code: str) -> uuid.UUID:
+    """Open a bulk provision (一括提供) for ``agency_code`` and ``use_code``; returns its id.
+
+    The job is created even for a use the agency may not make: every row is then refused and
+    logged, as a single query would be.
+    """
+    job = BulkJob(
+        agency_code=agency_code[:40],
+        use_code=use_code[:40],
+        created_at=utcnow(),
+        next_row=0,
+        provided=0,
+        failed=0,
+    )
+    session.add(job)
+    session.flush()
+    return job.id
+
+
 def provide_bulk(
     factory: sessionmaker[Session],
-    agency_code: str,
-    use_code: str,
+    job_id: uuid.UUID,
     rows: Iterable[ProvisionQuery | Mapping[str, Any]],
     *,
-    job_id: uuid.UUID | None = None,
+    start: int | None = None,
     chunk_size: int = 1000,
     on: date | None = None,
 ) -> Iterator[Answer]:
     """一括提供: answer a file of queries, streamed, one committed chunk at a time.
 
-    Every answer carries its ``row`` number. Each chunk's answers are yielded only after its log
-    and audit entries and the job's cursor have committed. To resume after a broken stream, call
-    again with the same rows and the ``job_id`` (:func:`bulk_job_of` finds it from the first
-    answer's log): rows before the job's cursor are skipped. A bad row gets an ``invalid``
-    answer naming its field and rule; the others go on.
+    Every answer carries its ``row`` number (0-based). A chunk's answers are yielded only after
+    its log and audit entries and the job's cursor (``next_row``) have committed, so an answer
+    is never out without its record. To resume after a broken stream, call again with the same
+    job and the same rows: by default from the cursor (rows already answered are not answered
+    again); a client that lost answers it had not yet received passes ``start`` = the first row
+    it lacks (at most the cursor), and those rows are provided — and logged — again. A bad row
+    gets an ``invalid`` answer naming its field and rule; the others go on.
     """
     if chunk_size < 1:
         raise NetworkError("chunk_size", "positive", "must be at least 1")
     day = on if on is not None else datetime.now(JST).date()
-    with transaction(factory) as session:
-        if job_id is None:
-            job = BulkJob(
-                agency_code=agency_code[:40],
-                use_code=use_code[:40],
-                created_at=utcnow(),
-                next_row=0,
-                provided=0,
-                failed=0,
+    with factory() as session:
+        job = session.get(BulkJob, job_id)
+        if job is None:
+            raise NetworkError("job_id", "unknown_job", f"no bulk job {job_id}")
+        if job.finished_at is not None and start is None:
+            raise NetworkError(
+                "job_id", "finished", f"bulk job {job_id} is finished (give start to re-fetch)"
             )
-            session.add(job)
-            session.flush()
-        else:
-            found = session.get(BulkJob, job_id)
-            if found is None:
-                raise NetworkError("job_id", "unknown_job", f"no bulk job {job_id}")
-            if (found.agency_code, found.use_code) != (agency_code[:40], use_code[:40]):
-                raise NetworkError("job_id", "job_mismatch", "the job belongs to another agency or use")
-            job = found
-        current_job = job.id
-        start = job.next_row
+        agency_code, use_code = job.agency_code, job.use_code
+        if start is None:
+            start = job.next_row
+        elif not 0 <= start <= job.next_row:
+            raise NetworkError(
+                "start", "within_cursor", f"must be between 0 and the job's cursor {job.next_row}"
+            )
     chunk: list[tuple[int, ProvisionQuery | Mapping[str, Any]]] = []
     for row_no, row in enumerate(rows):
         if row_no < start:
             continue
         chunk.append((row_no, row))
         if len(chunk) >= chunk_size:
-            yield from _bulk_chunk(factory, agency_code, use_code, chunk, current_job, day)
+            yield from _bulk_chunk(factory, agency_code, use_code, chunk, job_id, day)
             chunk = []
     if chunk:
-        yield from _bulk_chunk(factory, agency_code, use_code, chunk, current_job, day)
+        yield from _bulk_chunk(factory, agency_code, use_code, chunk, job_id, day)
     with transaction(factory) as session:
-        done = session.get(BulkJob, current_job)
+        done = session.get(BulkJob, job_id)
         if done is not None and done.finished_at is None:
             done.finished_at = utcnow()
 
@@ -1054,7 +1068,7 @@ def _bulk_chunk(
         _log(session, outcomes, agency_code, use_code, now=utcnow(), job_id=job_id)
         job = session.get(BulkJob, job_id, with_for_update=True)
         assert job is not None
-        job.next_row = chunk[-1][0] + 1
+        job.next_row = max(job.next_row, chunk[-1][0] + 1)
         job.provided += sum(o.answer.outcome == "provided" for o in outcomes)
         job.failed += sum(o.answer.outcome != "provided" for o in outcomes)
     return [o.answer for o in outcomes]
