@@ -36,7 +36,7 @@ from kiban.register.models import ChangeRecord, Household, MoveOutCertificate, R
 from kiban.register.population import generate_population
 from kiban.register.seals.models import SealRegistration
 from kiban.register.seals.service import synthetic_seal_image
-from kiban.register.service import register_event_handlers, today_jst
+from kiban.register.service import today_jst
 from kiban.web.app import WebOptions, add_template_dir, create_app
 
 A, B = "131016", "131041"  # 千代田区, 新宿区
@@ -63,8 +63,7 @@ def cheap_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def registry() -> Registry:
     reg = Registry()
-    register_handlers(reg)
-    register_event_handlers(reg)
+    register_handlers(reg)  # the 個人番号 notices and the 転出/転入 handlers
     return reg
 
 
@@ -1089,3 +1088,34 @@ def test_search_shows_the_restriction_flag(world: World, chiyoda: TestClient) ->
     assert page["items"][0]["restricted"] is True
     html = chiyoda.get("/register", params={"resident_code": person.resident_code}, headers=HTML)
     assert "flag-restricted" in html.text
+
+
+def test_reveal_button_shows_the_number_once_and_needs_the_csrf_token(
+    world: World, chiyoda: TestClient
+) -> None:
+    person = adult(world)
+    with world.factory() as s:
+        number = s.scalar(select(Resident.individual_number).where(Resident.id == person.id))
+    assert number
+    page = chiyoda.get(f"/register/residents/{person.resident_code}", headers=HTML)
+    assert number not in page.text and api.MASK in page.text
+    forged = TestClient(world.app, raise_server_exceptions=False, cookies=chiyoda.cookies)
+    url = f"/register/residents/{person.resident_code}/reveal"
+    assert forged.post(url, data={"csrf_token": "forged"}, headers=HTML).status_code == 403
+    shown = chiyoda.post(url, data={"csrf_token": csrf(page.text)}, headers=HTML)
+    assert shown.status_code == 200 and number in shown.text
+    assert number not in chiyoda.get(f"/register/residents/{person.resident_code}", headers=HTML).text
+    with world.factory() as s:
+        entries = s.scalars(select(AuditEntry).where(AuditEntry.subject == person.resident_code)).all()
+    assert len([e for e in entries if e.items == ["個人番号"]]) == 1
+
+
+def test_full_width_codes_are_read_as_digits(world: World, chiyoda: TestClient) -> None:
+    person = single(world)
+    wide = person.resident_code.translate(str.maketrans("0123456789", "０１２３４５６７８９"))
+    page = ok(chiyoda.get("/api/register/residents", params={"resident_code": wide}))
+    assert [i["resident_code"] for i in page["items"]] == [person.resident_code]
+    assert record(chiyoda, wide)["record"]["resident_code"] == person.resident_code
+    mixed = person.resident_code[:5] + "ー" + person.resident_code[5:]
+    err = problem(chiyoda.get("/api/register/residents", params={"resident_code": mixed}), 422)
+    assert {e["field"] for e in err["errors"]} == {"query.resident_code"}

@@ -32,25 +32,7 @@ A, B = "131016", "131041"  # 千代田区, 新宿区
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 PASSWORD = "correct horse battery"
-# `kiban serve`, as tests/test_browser.py starts it. The register's own handlers (転出証明書情報 to the
-# destination, 転入通知 back) are added when kiban.register.handlers does not subscribe them yet, so
-# that the 転出 at one clerk reaches the other clerk through the embedded dispatcher.
-SERVE = """
-import typer
-import kiban.web.app as web
-from kiban.core import dispatch
-from kiban.register import service
-from kiban.cli.serve import serve
-
-def build_registry(modules=None):
-    registry = dispatch.build_registry(modules)
-    if not registry.handlers_for(service.MOVED_OUT):
-        service.register_event_handlers(registry)
-    return registry
-
-web.build_registry = build_registry
-typer.run(serve)
-"""
+SERVE = "import typer; from kiban.cli.serve import serve; typer.run(serve)"  # as tests/test_browser.py
 
 
 def require_chromium() -> None:
