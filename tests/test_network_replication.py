@@ -11,9 +11,11 @@ from typing import Any, Literal
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from kiban.core.audit import AuditEntry
 from kiban.core.events import DomainEvent, Registry, drain
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
 from kiban.core.models.events import OutboxEvent
@@ -438,6 +440,54 @@ def test_a_second_active_registration_is_refused_and_reported_to_both(
     assert history(s, person.resident_code)[-1].municipality_code == A
     assert copies_state(s)[:2] == before[:2]
 
+    # Released while A still has the person: refused again, nothing changes.
+    with pytest.raises(network.NetworkError) as caught, session_maker.begin() as tx:
+        network.release_quarantined(tx, q.id, actor="operator-1")
+    assert caught.value.rule == "second_active_registration"
+    assert copies_state(s) == (before[0], before[1], before[2] + 1)
+    # A removes its record (職権消除); the operator releases B's registration, which now applies.
+    removal = forged(base, status="removed", reason="ex_officio_removal", reason_ja="職権消除")
+    assert apply(session_maker, removal) == "applied"
+    with session_maker.begin() as tx:
+        assert network.release_quarantined(tx, q.id, actor="operator-1") == "applied"
+    s.expire_all()
+    assert [(v.municipality_code, v.status) for v in history(s, person.resident_code)][-2:] == [
+        (A, "removed"),
+        (B, "active"),
+    ]
+    assert network.quarantined(s) == []
+    assert s.scalars(select(RegistrationConflict)).one().resolved_at is not None
+    [entry] = s.scalars(select(AuditEntry).where(AuditEntry.action == "release")).all()
+    assert (entry.actor, entry.subject) == ("operator-1", person.resident_code)
+    with pytest.raises(network.NetworkError, match="not_quarantined"), session_maker.begin() as tx:
+        network.release_quarantined(tx, q.id, actor="operator-1")
+
+
+def test_a_message_with_withheld_items_can_never_be_released(
+    world: list[str], session_maker: sessionmaker[Session], registry: Registry, s: Session
+) -> None:
+    person = single(s, A)
+    run(
+        session_maker,
+        service.relocation,
+        CLERK_A,
+        Relocation(
+            notified_on=days_ago(0),
+            effective_on=days_ago(0),
+            targets=[Target(resident_code=person.resident_code)],
+            address=Address(town="神田錦町", banchi="1番地"),
+        ),
+    )
+    drain(session_maker, registry)
+    leaking = forged(last_event(s, person.resident_code), honseki="東京都千代田区千代田1番")
+    assert apply(session_maker, leaking) == "quarantined"
+    [q] = network.quarantined(s)
+    with pytest.raises(network.NetworkError) as caught, session_maker.begin() as tx:
+        network.release_quarantined(tx, q.id, actor="operator-1")
+    assert caught.value.rule == "not_identity_information"
+    s.expire_all()
+    assert len(network.quarantined(s)) == 1
+
 
 def test_replication_status_shows_the_newest_event_and_its_lag(
     world: list[str], session_maker: sessionmaker[Session], registry: Registry, s: Session
@@ -460,8 +510,19 @@ def test_replication_status_shows_the_newest_event_and_its_lag(
     [status] = network.replication_status(s)
     assert (status.municipality_code, status.prefecture_code, status.last_event_id) == (A, "13", event.id)
     assert status.last_occurred_at == event.occurred_at
-    assert timedelta(0) <= status.lag < timedelta(seconds=30)
+    assert status.lag is not None and timedelta(0) <= status.lag < timedelta(seconds=30)
     assert status.versions == 1 and status.quarantined == 0
+    # A municipality that only sent bad messages is visible too, and both show in /metrics.
+    assert apply(session_maker, forged(event, municipality_code=B, family_name=_DROP)) == "quarantined"
+    s.expire_all()
+    statuses = network.replication_status(s)
+    assert [(st.municipality_code, st.versions, st.quarantined) for st in statuses] == [(A, 1, 0), (B, 0, 1)]
+    assert statuses[1].lag is None
+    registry_ = CollectorRegistry()
+    registry_.register(network.ReplicationCollector(session_maker))
+    text = generate_latest(registry_).decode()
+    assert f'kiban_network_replication_lag_seconds{{municipality="{A}",prefecture="13"}}' in text
+    assert f'kiban_network_quarantined{{municipality="{B}",prefecture="21"}} 1.0' in text
 
 
 # --- property: any delivery order ends with the newest version current -----------------------------
@@ -514,3 +575,28 @@ def test_any_delivery_order_keeps_the_newest_and_never_an_older_one(
         s.query(NationalIdentity).delete()
         s.query(PrefecturalIdentity).delete()
         s.query(QuarantinedMessage).delete()
+
+
+def test_a_reissued_number_is_a_new_version_and_the_old_number_finds_no_one(
+    world: list[str], session_maker: sessionmaker[Session], registry: Registry, s: Session
+) -> None:
+    code = world[0]
+    old_number = history(s, code)[-1].individual_number
+    with session_maker.begin() as tx:
+        new_number = numbering.reissue_individual_number(tx, code, CIPHER, "漏えいのおそれ")
+        notify_assigned(
+            tx, {code: new_number}, {code: history(tx, code)[-1].municipality_code}, reissued=True
+        )
+    drain(session_maker, registry)
+    versions = history(s, code)
+    assert [(v.reason_ja, v.individual_number) for v in versions] == [
+        ("初期登録", old_number),
+        ("個人番号の変更", new_number),
+    ]
+    assert drain(session_maker, registry) == 0  # nothing pending, nothing re-applied
+    current = s.scalars(
+        select(NationalIdentity).where(
+            NationalIdentity.individual_number == old_number, NationalIdentity.is_current
+        )
+    ).all()
+    assert current == []

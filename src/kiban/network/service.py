@@ -575,10 +575,10 @@ class ReplicationStatus:
     municipality_code: str
     prefecture_code: str
     versions: int  # versions applied from this municipality
-    last_event_id: str
-    last_occurred_at: datetime
-    last_applied_at: datetime
-    lag: timedelta  # applied - occurred, of the newest applied change
+    last_event_id: str | None  # None: nothing applied yet (only quarantined messages)
+    last_occurred_at: datetime | None
+    last_applied_at: datetime | None
+    lag: timedelta | None  # applied - occurred, of the newest applied change
     quarantined: int  # messages from this municipality waiting in quarantine
 
 
@@ -620,7 +620,10 @@ def replication_status(session: Session) -> list[ReplicationStatus]:
             lag=row.applied_at - row.event_occurred_at,
             quarantined=waiting.get(row.municipality_code, 0),
         )
-    return list(out.values())
+    for code, count in waiting.items():
+        if code is not None and code not in out:
+            out[code] = ReplicationStatus(code, code[:2], 0, None, None, None, None, count)
+    return sorted(out.values(), key=lambda st: st.municipality_code)
 
 
 def national_history(session: Session, resident_code: str) -> list[NationalIdentity]:
@@ -1137,3 +1140,90 @@ def quarantined(session: Session, *, include_released: bool = False) -> list[Qua
     if not include_released:
         query = query.where(QuarantinedMessage.released_at.is_(None))
     return list(session.scalars(query))
+
+
+def release_quarantined(session: Session, quarantine_id: int, *, actor: str) -> str:
+    """Apply a quarantined ``register.identity_changed`` message again, after its cause was fixed.
+
+    (An operator resolved the conflicting registration, the master learned a new municipality…)
+    When it applies now, the quarantine row is released and a conflict it caused is resolved;
+    when it still breaks a rule, :class:`NetworkError` says which, and nothing changes. It is
+    applied as of now (its original time is in the quarantine row's document). A
+    message whose withheld items were stripped can never apply: the municipality must resend.
+    """
+    row = session.get(QuarantinedMessage, quarantine_id, with_for_update=True)
+    if row is None or row.released_at is not None:
+        raise NetworkError("quarantine_id", "not_quarantined", f"no quarantined message {quarantine_id}")
+    if row.event_type != IDENTITY_CHANGED_IN:
+        raise NetworkError("quarantine_id", "not_a_change", f"{row.event_type} messages are not re-applied")
+    original = DomainEvent.from_document(row.document)
+    # The release is the operator's decision now: the message takes its place after what has been
+    # applied meanwhile (else the conflict's own resolution would make it out of order).
+    event = DomainEvent(**{**original.__dict__, "occurred_at": utcnow()})
+    # A savepoint: when it is quarantined again, the new quarantine row goes with the rollback.
+    with session.begin_nested():
+        outcome = apply_identity_change(session, event)
+        if outcome == "quarantined":
+            again = session.scalars(
+                select(QuarantinedMessage)
+                .where(QuarantinedMessage.event_id == event.id, QuarantinedMessage.id != row.id)
+                .order_by(QuarantinedMessage.id.desc())
+            ).first()
+            assert again is not None
+            raise NetworkError(again.field, again.rule, again.message)
+    now = utcnow()
+    row.released_at = now
+    for conflict in session.scalars(
+        select(RegistrationConflict).where(
+            RegistrationConflict.event_id == event.id, RegistrationConflict.resolved_at.is_(None)
+        )
+    ):
+        conflict.resolved_at = now
+    audit.record(
+        session,
+        actor=actor,
+        role="operator",
+        action="release",
+        purpose="隔離された異動情報の再適用",
+        subject=event.key,
+        items=[],
+        detail={"quarantine_id": quarantine_id, "outcome": outcome, "rule": row.rule},
+    )
+    return outcome
+
+
+class ReplicationCollector:
+    """Prometheus gauges of replication: lag and quarantine per municipality (read at each scrape).
+
+    Register with ``metrics.registry.register(ReplicationCollector(session_factory))``.
+    """
+
+    def __init__(self, factory: sessionmaker[Session]) -> None:
+        self._factory = factory
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        lag = GaugeMetricFamily(
+            "kiban_network_replication_lag_seconds",
+            "Lag of the newest change applied to the national copy, per municipality.",
+            labels=["municipality", "prefecture"],
+        )
+        waiting = GaugeMetricFamily(
+            "kiban_network_quarantined",
+            "Change messages waiting in quarantine, per municipality.",
+            labels=["municipality", "prefecture"],
+        )
+        try:
+            with self._factory() as session:
+                statuses = replication_status(session)
+        except Exception:  # an unreachable database shows as missing gauges
+            log.warning("replication status unavailable for /metrics")
+            return
+        for st in statuses:
+            labels = [st.municipality_code, st.prefecture_code]
+            if st.lag is not None:
+                lag.add_metric(labels, st.lag.total_seconds())
+            waiting.add_metric(labels, st.quarantined)
+        yield lag
+        yield waiting
