@@ -73,8 +73,7 @@ def days_ago(n: int) -> date:
 @pytest.fixture
 def registry() -> Registry:
     reg = Registry()
-    register_handlers(reg)
-    service.register_event_handlers(reg)
+    register_handlers(reg)  # the 個人番号 notice and the moves (転出証明書情報, completion)
     return reg
 
 
