@@ -6,6 +6,7 @@ import itertools
 import json
 import random
 import types
+import uuid
 from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from importlib import resources
@@ -13,11 +14,13 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from kiban.core.audit import AuditEntry
-from kiban.core.events import Registry, drain
+from kiban.core.events import DomainEvent, Registry, drain
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
 from kiban.network import service as network
 from kiban.network.models import BulkJob, NationalIdentity, Provision
@@ -335,7 +338,7 @@ def test_bulk_ten_thousand_rows_streamed_and_resumable(
     s.expire_all()
     repeated = s.scalar(select(func.count()).select_from(Provision).where(Provision.job_id == job_id))
     assert repeated == 10_500
-    outcomes = dict(logged)
+    outcomes = {r: o for r, o in logged}
     invalid = [r for r, o in outcomes.items() if o == "invalid"]
     assert invalid == [i for i in range(10_000) if i % 500 == 499]
     assert all(o == "provided" for r, o in outcomes.items() if r not in invalid)
@@ -368,3 +371,66 @@ def test_bulk_for_a_use_not_the_agencys_refuses_every_row(
     assert {(a.outcome, a.rule) for a in answers} == {("refused", "use_not_allowed")}
     assert all(a.data == {} for a in answers) and [a.row for a in answers] == list(range(30))
     assert s.scalar(select(func.count()).select_from(Provision).where(Provision.outcome == "refused")) == 30
+
+
+def test_a_search_that_finds_two_people_gives_no_data(
+    world: list[str], session_maker: sessionmaker[Session], s: Session
+) -> None:
+    twins = ResidentCodeGenerator(random.Random(41))
+    for code in (twins.generate(), twins.generate()):
+        event = DomainEvent(
+            id=str(uuid.uuid4()),
+            type="register.identity_changed",
+            key=code,
+            schema_version=1,
+            occurred_at=datetime.now(JST),
+            payload={
+                "resident_code": code,
+                "municipality_code": A,
+                "family_name": "双子",
+                "given_name": "光",
+                "family_name_kana": "フタゴ",
+                "given_name_kana": "ヒカル",
+                "birth_date": "2010-05-05",
+                "sex": 1,
+                "address_text": "東京都千代田区千代田1番",
+                "status": "active",
+                "reason": "birth",
+                "reason_ja": "出生",
+                "effective_on": "2010-05-05",
+            },
+            source="test",
+        )
+        with session_maker.begin() as tx:
+            assert network.apply_identity_change(tx, event) == "applied"
+    query = {"name_kana": "ふたご ひかる", "birth_date": "2010-05-05", "sex": 1, "address_prefix": "東京都"}
+    answer = ask(session_maker, "nenkin", "pension_status_check", query)
+    assert (answer.outcome, answer.data, answer.items) == ("ambiguous", {}, [])
+    [log] = s.scalars(select(Provision)).all()
+    assert (log.outcome, log.resident_code) == ("ambiguous", None)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    agency=st.sampled_from([a["code"] for a in DATA["agencies"]] + ["unknown"]),
+    use=st.sampled_from(sorted(USES) + ["unknown"]),
+    by_number=st.booleans(),
+    index=st.integers(0, 39),
+)
+def test_property_an_answer_never_carries_more_than_the_use_allows(
+    world: list[str], session_maker: sessionmaker[Session], agency: str, use: str, by_number: bool, index: int
+) -> None:
+    with session_maker() as s:
+        row = person(s, world[index])
+    query = (
+        {"individual_number": row.individual_number} if by_number else {"resident_code": row.resident_code}
+    )
+    answer = ask(session_maker, agency, use, query)
+    registered = any(a["code"] == agency and use in a["uses"] for a in DATA["agencies"])
+    may_number = use in USES and "individual_number" in USES[use]["items"]
+    if not registered or (by_number and not may_number):
+        assert answer.outcome == "refused" and answer.data == {} and answer.items == []
+    else:
+        assert answer.outcome == "provided"
+        allowed = {c for item in USES[use]["items"] for c in ITEM_COLUMNS[item]}
+        assert set(answer.data) <= allowed and answer.items == USES[use]["items"]
