@@ -752,3 +752,40 @@ def test_capabilities_are_discovered_from_their_api_modules(
     assert page.status_code == 200 and "<h1>転入届</h1>" in page.text and "&lt;転入&gt;" in page.text
     assert NavItem("フック業務", "/zz/hook", roles=("national_operator",)) in app.state.nav
     app.state.engine.dispose()
+
+
+def test_domain_errors_keep_their_status(tmp_path) -> None:
+    from fastapi.testclient import TestClient
+
+    from kiban.core.config import Settings
+    from kiban.web.app import create_app
+
+    class Stale(ValueError):
+        field, rule, message, status = "version", "stale_version", "someone else changed it", 409
+
+    class Plain(ValueError):
+        field, rule, message = "name", "too_long", "at most 10"
+
+    class Odd(ValueError):
+        field, rule, message, status = "x", "y", "z", 200
+
+    def routes(app: FastAPI) -> None:
+        @app.get("/t/stale")
+        def stale() -> None:
+            raise Stale()
+
+        @app.get("/t/plain")
+        def plain() -> None:
+            raise Plain()
+
+        @app.get("/t/odd")
+        def odd() -> None:
+            raise Odd()
+
+    client = TestClient(create_app(Settings(data_dir=tmp_path), capabilities=[routes]))
+    answer = client.get("/t/stale", headers={"accept": "application/json"})
+    assert answer.status_code == 409
+    assert answer.json()["errors"][0]["rule"] == "stale_version"
+    assert client.get("/t/plain", headers={"accept": "application/json"}).status_code == 422
+    # Only 403/404/409 are taken from the error; anything else stays a 422.
+    assert client.get("/t/odd", headers={"accept": "application/json"}).status_code == 422

@@ -6,7 +6,8 @@ unexpected failures (500, with no stack trace or message from the exception). Cl
 prefer ``text/html`` (browsers) get the same facts as a Japanese error page.
 
 Domain code may raise :class:`Problem` directly, or any ``ValueError`` that carries ``field``
-and ``rule`` attributes (e.g. :class:`kiban.core.accounts.AccountError`): it becomes a 422.
+and ``rule`` attributes (e.g. :class:`kiban.core.accounts.AccountError`): it becomes a 422, or
+the 403/404/409 its ``status`` attribute names.
 """
 
 from __future__ import annotations
@@ -229,7 +230,12 @@ async def _on_value_error(request: Request, exc: Exception) -> Response:
         # Only a message attribute is shown: str(exc) may quote the offending value (personal data).
         candidates = (getattr(exc, "message", None), getattr(exc, "detail", None))
         message = next((c for c in candidates if isinstance(c, str) and c), f"{field} breaks rule {rule}")
-        return problem_response(request, validation_problem([FieldError(field, rule, message)]))
+        problem = validation_problem([FieldError(field, rule, message)])
+        # A domain error may say it is not found (404), forbidden (403) or a conflict (409).
+        status = getattr(exc, "status", 422)
+        if isinstance(status, int) and status in (403, 404, 409):
+            problem = Problem(status, message, errors=problem.errors, slug=f"{rule}".replace("_", "-"))
+        return problem_response(request, problem)
     return await _on_unexpected(request, exc)
 
 
