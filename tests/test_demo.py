@@ -155,7 +155,7 @@ def test_a_year_of_life_leaves_a_consistent_register(demo_dir: Path, monkeypatch
     engine = make_engine(settings.database_url)
     with session_factory(engine)() as s:
         kinds = dict(
-            s.execute(select(ChangeRecord.kind, func.count()).group_by(ChangeRecord.kind)).tuples().all()
+            s.execute(select(ChangeRecord.kind, func.count()).group_by(ChangeRecord.kind)).all()
         )
         moved_in = s.scalars(select(ChangeRecord.resident_id).where(ChangeRecord.kind == "move_in")).all()
         records = s.execute(select(Resident.resident_code, Resident.status, Resident.municipality_code)).all()

@@ -48,7 +48,7 @@ def test_served_app_delivers_events_in_the_background(
                     break
             time.sleep(0.1)
     with session_maker() as s:
-        stored = dict(s.execute(select(Resident.resident_code, Resident.individual_number)).tuples().all())
+        stored = dict(s.execute(select(Resident.resident_code, Resident.individual_number)).all())
         assert pending_count(s) == 0
     assert stored == assigned
 

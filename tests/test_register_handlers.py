@@ -40,12 +40,12 @@ def test_notified_numbers_reach_the_register_exactly_once(
     assert drain(session_maker, registry) == 40
     # Replaying every event (same ids) changes nothing: versions stay where they were.
     with session_maker() as s:
-        before = dict(s.execute(select(Resident.resident_code, Resident.version)).tuples().all())
-        numbers = dict(s.execute(select(Resident.resident_code, Resident.individual_number)).tuples().all())
+        before = dict(s.execute(select(Resident.resident_code, Resident.version)).all())
+        numbers = dict(s.execute(select(Resident.resident_code, Resident.individual_number)).all())
     assert numbers == assigned
     assert drain(session_maker, registry) == 0
     with session_maker() as s:
-        after = dict(s.execute(select(Resident.resident_code, Resident.version)).tuples().all())
+        after = dict(s.execute(select(Resident.resident_code, Resident.version)).all())
     assert after == before
 
 

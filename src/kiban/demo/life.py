@@ -92,9 +92,7 @@ def live_a_year(ctx: DemoContext) -> ReportSection:
         _restrict_one(s, rng)
     drain(ctx.sessions, registry)
     with ctx.sessions() as s:
-        history = dict(
-            s.execute(select(ChangeRecord.kind, func.count()).group_by(ChangeRecord.kind)).tuples().all()
-        )
+        history = dict(s.execute(select(ChangeRecord.kind, func.count()).group_by(ChangeRecord.kind)).all())
         active = s.scalar(select(func.count()).where(Resident.status == ResidentStatus.ACTIVE.value)) or 0
         removed = s.scalar(select(func.count()).where(Resident.status != ResidentStatus.ACTIVE.value)) or 0
     ctx.facts["life"] = dict(done)
@@ -138,9 +136,7 @@ def _plan(ctx: DemoContext, rng: random.Random) -> list[Plan]:
             )
         ).all()
         sizes = dict(
-            s.execute(select(Resident.household_id, func.count()).group_by(Resident.household_id))
-            .tuples()
-            .all()
+            s.execute(select(Resident.household_id, func.count()).group_by(Resident.household_id)).all()
         )
     plans: list[Plan] = []
     n = len(people)

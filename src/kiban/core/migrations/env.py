@@ -59,7 +59,9 @@ def _run(connection: Connection) -> None:
         if sqlite:
             broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
             if broken:
-                raise RuntimeError(f"migration left broken foreign keys (rule: foreign_key_check): {broken[:5]}")
+                raise RuntimeError(
+                    f"migration left broken foreign keys (rule: foreign_key_check): {broken[:5]}"
+                )
     if sqlite:
         connection.exec_driver_sql("PRAGMA foreign_keys=ON")
         driver.isolation_level = ""  # type: ignore[union-attr]
