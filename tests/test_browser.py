@@ -4,48 +4,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
+from browser_support import CHROMIUM, CHROMIUM_ARGS, kiban_serve, require_chromium
 from kiban.core.accounts import create_user
 from kiban.core.database import transaction
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PASSWORD = "correct horse battery"
-SERVE = "import typer; from kiban.cli.serve import serve; typer.run(serve)"
-
-
-def require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -54,37 +25,8 @@ def server(db_url: str, tmp_path: Path, session_maker: sessionmaker[Session]) ->
     require_chromium()
     with transaction(session_maker) as db:
         create_user(db, "yamada", PASSWORD, "clerk", municipality_code="131016", display_name="山田 花子")
-    port = free_port()
-    env = {**os.environ, "KIBAN_DATABASE_URL": db_url}
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "--data", str(tmp_path / "data"), "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    "kiban serve did not start:\n" + (tmp_path / "serve.log").read_text(errors="replace")
-                )
-            time.sleep(0.2)
+    with kiban_serve(db_url, tmp_path) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def test_clerk_logs_in_through_the_form_and_sees_the_home_page(server: str, tmp_path: Path) -> None:

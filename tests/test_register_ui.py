@@ -5,19 +5,17 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from browser_support import CHROMIUM, CHROMIUM_ARGS, kiban_serve, require_chromium
 from kiban.core.accounts import create_user
 from kiban.core.identifiers import ResidentCodeGenerator
 from kiban.numbering import service as numbering
@@ -29,27 +27,7 @@ from kiban.register.service import today_jst
 pytestmark = pytest.mark.browser
 
 A, B = "131016", "131041"  # 千代田区, 新宿区
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run"]
 PASSWORD = "correct horse battery"
-SERVE = "import typer; from kiban.cli.serve import serve; typer.run(serve)"  # as tests/test_browser.py
-
-
-def require_chromium() -> None:
-    if CHROMIUM.exists():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"{CHROMIUM} is missing: apt-get install -y chromium")
-    pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -80,37 +58,8 @@ def people(engine: Engine, session_maker: sessionmaker[Session]) -> dict[str, An
 @pytest.fixture
 def server(db_url: str, tmp_path: Path, people: dict[str, Any]) -> Iterator[str]:
     require_chromium()
-    port = free_port()
-    env = {**os.environ, "KIBAN_DATABASE_URL": db_url}
-    log = (tmp_path / "serve.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "--data", str(tmp_path / "data"), "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    "kiban serve did not start:\n" + (tmp_path / "serve.log").read_text(errors="replace")
-                )
-            time.sleep(0.2)
+    with kiban_serve(db_url, tmp_path) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def login(page: Any, server: str, username: str) -> None:
