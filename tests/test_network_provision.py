@@ -434,3 +434,91 @@ def test_property_an_answer_never_carries_more_than_the_use_allows(
         assert answer.outcome == "provided"
         allowed = {c for item in USES[use]["items"] for c in ITEM_COLUMNS[item]}
         assert set(answer.data) <= allowed and answer.items == USES[use]["items"]
+
+
+# --- bulk files ------------------------------------------------------------------------------------
+
+
+def test_a_bulk_file_with_bad_lines_gets_an_error_per_line_and_answers_the_rest(
+    world: list[str], session_maker: sessionmaker[Session], s: Session
+) -> None:
+    number = person(s, world[1]).individual_number
+    lines = [
+        "\ufeffresident_code,individual_number\r\n".encode(),
+        f"{world[0]},\r\n".encode(),  # 0 ok
+        f",{number}\n".encode(),  # 1 ok, by number
+        b"\xff\xfe\n",  # 2 not UTF-8
+        f"{world[0]},\n".encode(),  # 3 duplicate of 0
+        b"12345678906,\n",  # 4 bad check digit
+        b"\n",  # 5 empty
+        f"{world[2]},{number},extra\n".encode(),  # 6 too many fields
+        f"{world[2]},{number}\n".encode(),  # 7 two forms
+        "１２３４５６７８９０３,\n".encode(),  # 8 full-width digits: valid, not in the copy
+    ]
+    with session_maker.begin() as tx:
+        job_id = network.create_bulk_job(tx, "nenkin", "pension_status_check")
+    answers = list(network.provide_bulk(session_maker, job_id, network.read_bulk_csv(lines), chunk_size=4))
+    got = [(a.row, a.outcome, a.field, a.rule) for a in answers]
+    assert got == [
+        (0, "provided", None, None),
+        (1, "provided", None, None),
+        (2, "invalid", "rows[2]", "utf8"),
+        (3, "invalid", "rows[3]", "duplicate_row"),
+        (4, "invalid", "rows[4].resident_code", "check_digit"),
+        (5, "invalid", "rows[5]", "empty"),
+        (6, "invalid", "rows[6]", "columns"),
+        (7, "invalid", "rows[7].query", "one_form"),
+        (8, "not_found", None, None),
+    ]
+    assert answers[1].data["resident_code"] == world[1]
+    assert all(a.data == {} for a in answers[2:])
+    s.expire_all()
+    assert s.scalar(select(func.count()).select_from(Provision).where(Provision.job_id == job_id)) == 9
+
+
+@pytest.mark.parametrize(
+    ("lines", "declared", "field", "rule"),
+    [
+        ([b"resident_code\n"], 10 * 1024**3, "file", "too_large"),  # a 10 GB claim, refused unread
+        ([b"resident_code,honseki\n"], None, "header", "columns"),
+        ([b"resident_code,resident_code\n"], None, "header", "columns"),
+        ([b"\xff\xferesident_code\n"], None, "header", "utf8"),
+        ([], None, "header", "columns"),
+    ],
+)
+def test_a_bulk_file_that_cannot_be_read_is_refused_before_anything_is_provided(
+    world: list[str],
+    session_maker: sessionmaker[Session],
+    s: Session,
+    lines: list[bytes],
+    declared: int | None,
+    field: str,
+    rule: str,
+) -> None:
+    with session_maker.begin() as tx:
+        job_id = network.create_bulk_job(tx, "nenkin", "pension_status_check")
+    before = counts(s)
+    rows = network.read_bulk_csv([*lines, f"{world[0]}\n".encode()], declared_size=declared)
+    with pytest.raises(NetworkError) as caught:
+        list(network.provide_bulk(session_maker, job_id, rows))
+    assert (caught.value.field, caught.value.rule) == (field, rule)
+    assert counts(s) == before
+
+
+def test_a_bulk_file_growing_past_the_limit_stops_there(
+    world: list[str], session_maker: sessionmaker[Session], s: Session
+) -> None:
+    lines = [b"resident_code\n", *(f"{c}\n".encode() for c in world[:20])]
+    with session_maker.begin() as tx:
+        job_id = network.create_bulk_job(tx, "nenkin", "pension_status_check")
+    received = []
+    with pytest.raises(NetworkError, match="too_large"):
+        for answer in network.provide_bulk(
+            session_maker, job_id, network.read_bulk_csv(lines, max_bytes=14 + 12 * 10), chunk_size=5
+        ):
+            received.append(answer.row)
+    # Two whole chunks were answered and logged; the cursor says where a smaller file may go on.
+    assert received == list(range(10))
+    s.expire_all()
+    job = s.get(BulkJob, job_id)
+    assert job is not None and job.next_row == 10 and job.finished_at is None

@@ -101,6 +101,17 @@ ITEM_COLUMNS: dict[str, tuple[str, ...]] = {
 RESTRICTED_POLICIES = ("provide", "withhold_address", "refuse")
 DV_FLAG = "dv_restricted"
 BASIC4_LIMIT = 20  # more candidates than this is not a search but a trawl
+MAX_BULK_BYTES = 2 * 1024**3  # a bulk file larger than this is refused before it is read
+# Rows checked for exact duplicates: a dict entry per row (~100 bytes), so bounded.
+DUPLICATE_WINDOW = 500_000
+BULK_COLUMNS = (
+    "resident_code",
+    "individual_number",
+    "name_kana",
+    "birth_date",
+    "sex",
+    "address_prefix",
+)
 
 
 class NetworkError(ValueError):
@@ -727,6 +738,9 @@ def _permit(session: Session, agency_code: str, use_code: str) -> _Permit:
 
 # --- provision -----------------------------------------------------------------------------------
 
+# A bulk row: a query, its fields, or the reader's verdict that the line is bad.
+BulkRow = ProvisionQuery | Mapping[str, Any] | NetworkError
+
 
 def _restricted(session: Session, codes: Iterable[str], on: date) -> set[str]:
     codes = list(codes)
@@ -960,7 +974,7 @@ def create_bulk_job(session: Session, agency_code: str, use_code: str) -> uuid.U
 def provide_bulk(
     factory: sessionmaker[Session],
     job_id: uuid.UUID,
-    rows: Iterable[ProvisionQuery | Mapping[str, Any]],
+    rows: Iterable[BulkRow],
     *,
     start: int | None = None,
     chunk_size: int = 1000,
@@ -994,7 +1008,7 @@ def provide_bulk(
             raise NetworkError(
                 "start", "within_cursor", f"must be between 0 and the job's cursor {job.next_row}"
             )
-    chunk: list[tuple[int, ProvisionQuery | Mapping[str, Any]]] = []
+    chunk: list[tuple[int, BulkRow]] = []
     for row_no, row in enumerate(rows):
         if row_no < start:
             continue
@@ -1014,7 +1028,7 @@ def _bulk_chunk(
     factory: sessionmaker[Session],
     agency_code: str,
     use_code: str,
-    chunk: list[tuple[int, ProvisionQuery | Mapping[str, Any]]],
+    chunk: list[tuple[int, BulkRow]],
     job_id: uuid.UUID,
     day: date,
 ) -> list[Answer]:
@@ -1022,6 +1036,9 @@ def _bulk_chunk(
         permit = _permit(session, agency_code, use_code)
         parsed: list[tuple[int, ProvisionQuery | NetworkError]] = []
         for row_no, row in chunk:
+            if isinstance(row, NetworkError):  # the file reader already found it bad
+                parsed.append((row_no, row))
+                continue
             try:
                 parsed.append((row_no, _parse_query(row, row_no)))
             except NetworkError as exc:
@@ -1227,3 +1244,66 @@ class ReplicationCollector:
             waiting.add_metric(labels, st.quarantined)
         yield lag
         yield waiting
+
+
+def read_bulk_csv(
+    lines: Iterable[bytes],
+    *,
+    declared_size: int | None = None,
+    max_bytes: int = MAX_BULK_BYTES,
+) -> Iterator[BulkRow]:
+    """Rows of a bulk file (UTF-8 CSV, a header naming columns of :data:`BULK_COLUMNS`), lazily.
+
+    A file that claims more than ``max_bytes``, or grows past it, or whose header is not UTF-8
+    or names unknown or repeated columns, raises :class:`NetworkError` (``file`` / ``header``).
+    A bad line does not stop the file: it becomes a :class:`NetworkError` row (``rows[i]``:
+    ``utf8``, ``columns``, ``empty``, ``duplicate_row``) that :func:`provide_bulk` answers as
+    ``invalid``. Row ``i`` is the i-th line after the header. Fields cannot span lines.
+    """
+    if declared_size is not None and declared_size > max_bytes:
+        raise NetworkError("file", "too_large", f"{declared_size} bytes claimed; at most {max_bytes}")
+    import csv
+    import hashlib
+
+    it = iter(lines)
+    total = 0
+    header_line = next(it, b"")
+    total += len(header_line)
+    try:
+        header_text = header_line.decode("utf-8-sig").strip("\r\n")
+    except UnicodeDecodeError as exc:
+        raise NetworkError("header", "utf8", "the file must be UTF-8") from exc
+    header = [h.strip() for h in next(csv.reader([header_text]), [])]
+    unknown = [h for h in header if h not in BULK_COLUMNS]
+    if not header or unknown or len(set(header)) != len(header):
+        raise NetworkError(
+            "header", "columns", f"columns must be distinct names from {list(BULK_COLUMNS)}; got {header}"
+        )
+    seen: dict[int, int] = {}
+    for i, raw in enumerate(it):
+        total += len(raw)
+        if total > max_bytes:
+            raise NetworkError("file", "too_large", f"more than {max_bytes} bytes")
+        try:
+            text = raw.decode("utf-8").strip("\r\n")
+        except UnicodeDecodeError:
+            yield NetworkError(f"rows[{i}]", "utf8", "the line is not UTF-8")
+            continue
+        if not text.strip():
+            yield NetworkError(f"rows[{i}]", "empty", "an empty line")
+            continue
+        fields = next(csv.reader([text]), [])
+        if len(fields) != len(header):
+            yield NetworkError(f"rows[{i}]", "columns", f"{len(fields)} fields; the header has {len(header)}")
+            continue
+        if i < DUPLICATE_WINDOW:
+            digest = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+            first = seen.get(digest)
+            if first is not None:
+                yield NetworkError(f"rows[{i}]", "duplicate_row", f"the same query as row {first}")
+                continue
+            seen[digest] = i
+        row: dict[str, Any] = {k: v.strip() for k, v in zip(header, fields, strict=True) if v.strip()}
+        if "sex" in row and row["sex"] in ("1", "2"):
+            row["sex"] = int(row["sex"])
+        yield row
