@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import date
+from typing import Protocol
 
 import jaconv
 
@@ -47,8 +48,21 @@ class RegisterError(ValueError):
     def __init__(self, field: str, rule: str, message: str) -> None:
         self.field = field
         self.rule = rule
-        self.detail = message
+        self.message = self.detail = message
         super().__init__(f"{field}: {message} (rule: {rule})")
+
+
+class StaffMember(Protocol):
+    """Who acts: a logged-in staff member (``kiban.web.auth.CurrentUser`` or an account row)."""
+
+    @property
+    def username(self) -> str: ...
+
+    @property
+    def role(self) -> str: ...
+
+    @property
+    def municipality_code(self) -> str | None: ...
 
 
 class NotFound(RegisterError):

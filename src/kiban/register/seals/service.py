@@ -20,7 +20,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Protocol
 from zoneinfo import ZoneInfo
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
@@ -32,6 +31,7 @@ from kiban.core import audit
 from kiban.core.database import utcnow
 from kiban.core.identifiers import IdentifierError, validate_resident_code
 from kiban.register.models import Resident, ResidentStatus
+from kiban.register.rules import RegisterError, StaffMember
 from kiban.register.seals.models import AbolitionCause, SealRegistration, SealStatus
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -78,30 +78,14 @@ _CAUSE_WORDS: dict[str, AbolitionCause] = {
 }
 
 
-class SealError(ValueError):
+class SealError(RegisterError):
     """A seal request broke a rule: ``field`` which input, ``rule`` a stable id, ``message`` why.
 
     Nothing was written. The message never quotes the offending value (it may be personal data).
     """
 
-    def __init__(self, field: str, rule: str, message: str) -> None:
-        super().__init__(f"{field}: {message} (rule: {rule})")
-        self.field = field
-        self.rule = rule
-        self.message = message
 
-
-class Actor(Protocol):
-    """Who acts: a logged-in staff member (``kiban.web.auth.CurrentUser`` or an account row)."""
-
-    @property
-    def username(self) -> str: ...
-
-    @property
-    def role(self) -> str: ...
-
-    @property
-    def municipality_code(self) -> str | None: ...
+Actor = StaffMember
 
 
 @dataclass(frozen=True)
@@ -138,6 +122,7 @@ class NormalisedSeal:
 
 
 _ACTIVE_FIRST = case((Resident.status == ResidentStatus.ACTIVE.value, 0), else_=1)
+
 
 def _sniff(data: bytes) -> str | None:
     if data.startswith(_PNG_MAGIC):

@@ -26,6 +26,7 @@ from kiban.core import audit
 from kiban.core.database import utcnow
 from kiban.core.identifiers import IdentifierError, validate_resident_code
 from kiban.register.models import Resident, ResidentStatus
+from kiban.register.rules import RegisterError, StaffMember
 from kiban.register.taxes.models import TaxAssessment
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -41,30 +42,14 @@ _ITEMS = ["income_total", "taxable_income", "tax_amount"]
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-class TaxError(ValueError):
+class TaxError(RegisterError):
     """A tax record broke a rule: ``field`` which input, ``rule`` a stable id, ``message`` why.
 
     Nothing was written.
     """
 
-    def __init__(self, field: str, rule: str, message: str) -> None:
-        super().__init__(f"{field}: {message} (rule: {rule})")
-        self.field = field
-        self.rule = rule
-        self.message = message
 
-
-class Actor(Protocol):
-    """Who acts: a logged-in staff member (``kiban.web.auth.CurrentUser`` or an account row)."""
-
-    @property
-    def username(self) -> str: ...
-
-    @property
-    def role(self) -> str: ...
-
-    @property
-    def municipality_code(self) -> str | None: ...
+Actor = StaffMember
 
 
 class PersonLike(Protocol):
@@ -90,6 +75,7 @@ class AssessmentInput:
 
 
 _ACTIVE_FIRST = case((Resident.status == ResidentStatus.ACTIVE.value, 0), else_=1)
+
 
 def current_fiscal_year(today: date | None = None) -> int:
     """年度 of ``today`` (Japan): April to March."""
