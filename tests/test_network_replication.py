@@ -16,7 +16,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from kiban.core.audit import AuditEntry
-from kiban.core.events import DomainEvent, Registry, drain
+from kiban.core.events import DomainEvent, Registry, drain, emit
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
 from kiban.core.models.events import OutboxEvent
 from kiban.network import service as network
@@ -600,3 +600,28 @@ def test_a_reissued_number_is_a_new_version_and_the_old_number_finds_no_one(
         )
     ).all()
     assert current == []
+
+
+def test_a_bad_message_in_the_outbox_never_blocks_the_persons_later_changes(
+    world: list[str], session_maker: sessionmaker[Session], registry: Registry, s: Session
+) -> None:
+    person = single(s, A)
+    with session_maker.begin() as tx:
+        emit(tx, "register.identity_changed", person.resident_code, {"resident_code": person.resident_code})
+    run(
+        session_maker,
+        service.relocation,
+        CLERK_A,
+        Relocation(
+            notified_on=days_ago(0),
+            effective_on=days_ago(0),
+            targets=[Target(resident_code=person.resident_code)],
+            address=Address(town="神田錦町", banchi="1番地"),
+        ),
+    )
+    drain(session_maker, registry)
+    s.expire_all()
+    [q] = network.quarantined(s)
+    assert (q.rule, q.field) == ("required", "payload.address_text")
+    assert [v.reason_ja for v in history(s, person.resident_code)] == ["初期登録", "転居"]
+    assert s.scalar(select(func.count()).where(OutboxEvent.delivered_at.is_(None))) == 0
