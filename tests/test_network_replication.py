@@ -19,6 +19,7 @@ from kiban.core.audit import AuditEntry
 from kiban.core.events import DomainEvent, Registry, drain, emit
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
 from kiban.core.models.events import OutboxEvent
+from kiban.jpki.service import basic_four
 from kiban.network import service as network
 from kiban.network.handlers import register_handlers as network_handlers
 from kiban.network.models import (
@@ -239,6 +240,9 @@ def test_birth_relocation_name_change_reach_both_copies_with_history(
     out = last_event(s, mother.resident_code, "network.identity_changed")
     assert out.payload["old"]["family_name"] == maiden
     assert out.payload["new"]["family_name"] == "佐藤" and out.payload["reason"] == "name_change"
+    # …in the shape the CA reads: it sees the name change (and nothing else) between old and new.
+    old, new = basic_four(out.payload["old"]), basic_four(out.payload["new"])
+    assert [k for k in old if old[k] != new[k]] == ["name", "former_name", "name_kana"]
 
 
 def test_move_between_prefectures_reaches_both_prefectural_copies(
