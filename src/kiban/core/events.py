@@ -21,13 +21,13 @@ import re
 import socket
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, exists, func, select, update
+from sqlalchemy import CursorResult, Table, delete, exists, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -243,6 +243,97 @@ def emit(
     # Flushing now gives the row its sequence number in emit order and reports a reused id here.
     session.flush()
     return event
+
+
+_EMIT_REQUIRED = frozenset({"type", "key", "payload"})
+_EMIT_OPTIONAL = frozenset({"schema_version", "event_id", "occurred_at", "source"})
+
+
+def emit_many(session: Session, events: Iterable[Mapping[str, Any]]) -> list[DomainEvent]:
+    """Record several events at once, in order, in the caller's transaction (bulk paths).
+
+    Each mapping takes :func:`emit`'s arguments by name (``type``, ``key``, ``payload`` and
+    optionally ``schema_version``, ``event_id``, ``occurred_at``, ``source``). All are validated
+    as :func:`emit` validates before anything is written (an error names ``events[i].field``);
+    then one COPY (PostgreSQL) or one executemany INSERT writes the outbox rows, whose seqs follow
+    the given order, so events of one key keep their order. A reused event id raises the
+    database's IntegrityError, as with :func:`emit`.
+    """
+    now = utcnow()
+    fallback_source = None
+    checked: list[tuple[DomainEvent, str]] = []
+    seen: set[str] = set()
+    for i, given in enumerate(events):
+        try:
+            if not isinstance(given, Mapping):
+                raise EventError("event", "must be a mapping of emit()'s arguments")
+            unknown = set(given) - _EMIT_REQUIRED - _EMIT_OPTIONAL
+            missing = _EMIT_REQUIRED - set(given)
+            if unknown or missing:
+                raise EventError(
+                    "event",
+                    f"unknown fields {sorted(unknown)}" if unknown else f"missing fields {sorted(missing)}",
+                )
+            event_id = given.get("event_id")
+            occurred_at = given.get("occurred_at")
+            source = given.get("source")
+            if source is None:
+                fallback_source = fallback_source or default_source()
+                source = fallback_source
+            # One serialisation is both the private copy and the text written to the outbox.
+            text = json.dumps(_check_payload(given["payload"]))
+            event = DomainEvent(
+                id=_check_event_id(event_id) if event_id is not None else str(uuid.uuid4()),
+                type=_check_type(given["type"]),
+                key=_check_key(given["key"]),
+                schema_version=_check_schema_version(given.get("schema_version", 1)),
+                occurred_at=_check_aware(occurred_at) if occurred_at is not None else now,
+                payload=json.loads(text),
+                source=source[:MAX_SOURCE_LENGTH],
+            )
+            if event.id in seen:
+                raise EventError("id", f"{event.id} is given twice in this batch")
+            seen.add(event.id)
+        except EventError as exc:
+            field = "" if exc.field == "event" else f".{exc.field}"
+            raise EventError(f"events[{i}]{field}", exc.rule) from exc
+        checked.append((event, text))
+    if checked:
+        _write_outbox(session, checked)
+    return [event for event, _ in checked]
+
+
+_OUTBOX_COLUMNS = ("event_id", "type", "key", "schema_version", "occurred_at", "payload", "source")
+
+
+def _write_outbox(session: Session, checked: list[tuple[DomainEvent, str]]) -> None:
+    # Earlier emit() rows of this session must get their seqs first.
+    session.flush()
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        session.execute(
+            insert(cast(Table, OutboxEvent.__table__)),
+            [
+                {
+                    "event_id": e.id,
+                    "type": e.type,
+                    "key": e.key,
+                    "schema_version": e.schema_version,
+                    "occurred_at": e.occurred_at,
+                    "payload": e.payload,
+                    "source": e.source,
+                }
+                for e, _ in checked
+            ],
+        )
+        return
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    # COPY assigns the identity seqs in row order; the payload goes as the text already made.
+    statement = f"COPY {OutboxEvent.__tablename__} ({', '.join(_OUTBOX_COLUMNS)}) FROM STDIN"
+    with driver.cursor() as cursor, cursor.copy(statement) as copy:
+        for e, text in checked:
+            copy.write_row((e.id, e.type, e.key, e.schema_version, e.occurred_at, text, e.source))
 
 
 def row_to_event(row: OutboxEvent) -> DomainEvent:

@@ -47,7 +47,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from kiban.core import audit, master
 from kiban.core.config import load_settings
 from kiban.core.database import utcnow
-from kiban.core.events import DomainEvent, Registry, emit
+from kiban.core.events import DomainEvent, Registry, emit, emit_many
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator, validate_resident_code
 from kiban.numbering import service as numbering
 from kiban.numbering.notices import notify_assigned
@@ -2061,7 +2061,6 @@ def _bulk_load(session: Session, codes: list[str]) -> tuple[dict[str, _Tracked],
 
 def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkCommand]]) -> int:
     from kiban.core.events import default_source
-    from kiban.core.models.events import OutboxEvent
 
     codes = list(dict.fromkeys(code for _, command in chunk for code in _bulk_codes(command)))
     found, members = _bulk_load(session, codes)
@@ -2174,7 +2173,6 @@ def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkComm
             if IDENTITY_ITEMS.intersection(changed):
                 outbox_rows.append(
                     {
-                        "event_id": str(uuid.uuid4()),
                         "type": IDENTITY_CHANGED,
                         "key": r.resident_code,
                         "schema_version": SCHEMA_VERSION,
@@ -2211,10 +2209,9 @@ def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkComm
         )
     if history_rows:
         _insert_rows(session, _CHANGES, history_rows, json_columns=("before", "after"))
-    if outbox_rows:
-        # Rows as events.emit() writes them, in one go (emit flushes once per event).
-        _insert_rows(session, cast(Table, OutboxEvent.__table__), outbox_rows, json_columns=("payload",))
-    audit.record_many(session, audit_rows)
+    # Validated as emit() does, written in one go (emit flushes once per event).
+    emit_many(session, outbox_rows)
+    audit.record_batch(session, audit_rows)
     return len(history_rows)
 
 
