@@ -154,9 +154,7 @@ def test_a_year_of_life_leaves_a_consistent_register(demo_dir: Path, monkeypatch
     settings = load_settings(demo_dir)
     engine = make_engine(settings.database_url)
     with session_factory(engine)() as s:
-        kinds = dict(
-            s.execute(select(ChangeRecord.kind, func.count()).group_by(ChangeRecord.kind)).all()
-        )
+        kinds = dict(s.execute(select(ChangeRecord.kind, func.count()).group_by(ChangeRecord.kind)).all())
         moved_in = s.scalars(select(ChangeRecord.resident_id).where(ChangeRecord.kind == "move_in")).all()
         records = s.execute(select(Resident.resident_code, Resident.status, Resident.municipality_code)).all()
     engine.dispose()
@@ -174,3 +172,32 @@ def test_a_year_of_life_leaves_a_consistent_register(demo_dir: Path, monkeypatch
         assert {status for status, _ in rows} == {"active", "removed"}
         assert rows[0][1] != rows[1][1]
     assert f"| 出生 | {kinds['birth']:,} |" in report
+
+
+def test_the_network_chapter(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiban.network import service as network
+
+    report = (demo_dir / "report.md").read_text()
+    assert "## 4. The network" in report
+    assert "**refused** (rule `use_not_allowed`)" in report
+    monkeypatch.delenv("KIBAN_DATABASE_URL", raising=False)
+    settings = load_settings(demo_dir)
+    engine = make_engine(settings.database_url)
+    with session_factory(engine)() as s:
+        status = network.replication_status(s)
+        assert network.quarantined(s) == []
+        mover = s.scalars(
+            select(Resident.resident_code).where(
+                Resident.status == "removed", Resident.removed_reason == "転出"
+            )
+        ).first()
+        assert mover is not None
+        # The national copy's newest version of a mover carries the new municipality's address.
+        newest = network.national_history(s, mover)[-1]
+        active = s.scalars(
+            select(Resident).where(Resident.resident_code == mover, Resident.status == "active")
+        ).one()
+    engine.dispose()
+    assert {r.municipality_code for r in status} <= set(DEMO_MUNICIPALITIES)
+    assert sum(r.versions for r in status) > 0
+    assert active.town in str(newest.address)

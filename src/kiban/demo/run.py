@@ -18,6 +18,7 @@ from kiban.core.config import Settings, load_settings
 from kiban.core.database import make_engine, session_factory, upgrade
 from kiban.demo.context import DemoContext, ReportSection
 from kiban.demo.life import live_a_year
+from kiban.demo.network import network_year, seed_network
 from kiban.demo.register_docs import counter_work
 from kiban.demo.world import DEMO_MUNICIPALITIES, build_world
 
@@ -117,7 +118,15 @@ def audit_chapter(ctx: DemoContext) -> ReportSection:
     )
 
 
-CHAPTERS: list[Chapter] = [build_world, demo_accounts, counter_work, live_a_year, audit_chapter]
+CHAPTERS: list[Chapter] = [
+    build_world,
+    seed_network,
+    demo_accounts,
+    counter_work,
+    live_a_year,
+    network_year,
+    audit_chapter,
+]
 
 
 def run_demo(data_dir: Path, residents: int, *, seed: int = 20260401, console: Console | None = None) -> Path:

@@ -454,6 +454,9 @@ def create_app(
     app.state.metrics = metrics
     app.state.metrics_registry = metrics.registry
     metrics.registry.register(EventStatsCollector(app.state.session_factory))
+    from kiban.network.service import ReplicationCollector
+
+    metrics.registry.register(ReplicationCollector(app.state.session_factory))
     app.state.templates = Jinja2Templates(env=environment)
     app.state.nav = []
     app.state.login_limiter = auth.TokenBucketLimiter(options.login_burst, options.login_refill_per_second)
