@@ -322,7 +322,7 @@ def _validated_many(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
     now = utcnow()
     validated = []
     # Bulk entries repeat actor, role, purpose…: check each distinct text once per call.
-    texts: dict[tuple[str, int, bool, str], str] = {}
+    texts: dict[Any, Any] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
             raise AuditError(f"entries[{i}]", "must be a mapping of record()'s keyword arguments")
@@ -514,7 +514,7 @@ def _validated(
     detail: Mapping[str, Any] | None,
     flags: Iterable[str],
     occurred_at: datetime,
-    texts: dict[tuple[str, int, bool, str], str] | None = None,
+    texts: dict[Any, Any] | None = None,
 ) -> dict[str, Any]:
     if texts is None:
         texts = {}
@@ -551,9 +551,26 @@ def _validated(
         "purpose": text("purpose", purpose, 200),
         "subject": text("subject", subject, 64, allow_empty=True),
         "items": item_list,
-        "detail": _validated_detail(detail),
+        "detail": _detail_cached(detail, texts),
         "flags": sorted(flag_set),
     }
+
+
+def _detail_cached(detail: Mapping[str, Any] | None, cache: dict[Any, Any]) -> dict[str, Any]:
+    # Bulk entries often share one small detail: check it once per call. The key is the repr of
+    # a plain dict of plain values (repr tells 1 from 1.0 and True); others are checked each time.
+    if (
+        type(detail) is not dict
+        or len(detail) > 8
+        or not all(type(k) is str and (type(v) in (str, int, bool) or v is None) for k, v in detail.items())
+    ):
+        return _validated_detail(detail)
+    key = ("detail", repr(detail))
+    checked = cache.get(key)
+    if checked is None:
+        checked = cache[key] = _validated_detail(detail)
+    # A copy per entry, as _validated_detail makes: callers may mutate what they get back.
+    return dict(checked)
 
 
 def _validated_detail(detail: Mapping[str, Any] | None) -> dict[str, Any]:

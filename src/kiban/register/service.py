@@ -2052,7 +2052,8 @@ def _bulk_load(session: Session, codes: list[str]) -> tuple[dict[str, _Tracked],
             .where(_RESIDENTS.c.household_id.in_(household_ids[start : start + 5000]), active)
             .with_for_update()
         )
-        for row in rows.mappings():
+        # fetchall: iterating a result fetches one row per driver call.
+        for row in rows.mappings().all():
             record = cast(Resident, SimpleNamespace(**row))
             found[record.resident_code] = _Tracked(record)
             members.setdefault(record.household_id, set()).add(record.resident_code)
@@ -2066,6 +2067,9 @@ def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkComm
     found, members = _bulk_load(session, codes)
     now = utcnow()
     source = default_source()
+    # _address_values' municipality part, looked up once per chunk rather than per 転居.
+    body = master.municipality(actor.municipality_code)
+    base_address = {"prefecture": body.prefecture, "municipality": body.address_name}
     households: dict[uuid.UUID, dict[str, Any]] = {}
     history_rows: list[dict[str, Any]] = []
     outbox_rows: list[dict[str, Any]] = []
@@ -2110,7 +2114,12 @@ def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkComm
                     "bulk_whole_household",
                     "only whole households; use relocation()",
                 )
-            values = _address_values(actor, command.address)
+            values = dict(base_address) | {
+                "postal_code": command.address.postal_code,
+                "town": command.address.town,
+                "banchi": command.address.banchi,
+                "katagaki": command.address.katagaki,
+            }
             households[next(iter(hids))] = values
         for tracked in people:
             r = tracked.r
