@@ -40,7 +40,8 @@ from types import SimpleNamespace
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import String, Table, Uuid, and_, any_, bindparam, func, or_, select, update
+from sqlalchemy.dialects.postgresql import ARRAY as PG_ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
@@ -2010,21 +2011,34 @@ _BULK_HOUSEHOLD_UPDATE = (
 )
 
 
+class _Items(dict[str, Any]):
+    """A record's items as JSON values, each made on first use (a chunk reads a few of ~40)."""
+
+    __slots__ = ("r",)
+
+    def __init__(self, r: Resident) -> None:
+        super().__init__()
+        self.r = r
+
+    def __missing__(self, key: str) -> Any:
+        if key not in _ITEM_SET:
+            raise KeyError(key)
+        value = self[key] = _json(getattr(self.r, key))
+        return value
+
+
+_ITEM_SET = frozenset(ITEMS)
+
+
 class _Tracked:
     """One record during a bulk chunk: a plain row object, its items as JSON, its first version."""
 
-    __slots__ = ("r", "_items", "first_version")
+    __slots__ = ("r", "items", "first_version")
 
     def __init__(self, r: Resident) -> None:
         self.r = r
-        self._items: dict[str, Any] | None = None
+        self.items = _Items(r)
         self.first_version = r.version
-
-    @property
-    def items(self) -> dict[str, Any]:
-        if self._items is None:
-            self._items = snapshot(self.r)
-        return self._items
 
 
 def _bulk_load(session: Session, codes: list[str]) -> tuple[dict[str, _Tracked], dict[uuid.UUID, set[str]]]:
@@ -2036,11 +2050,20 @@ def _bulk_load(session: Session, codes: list[str]) -> tuple[dict[str, _Tracked],
     found: dict[str, _Tracked] = {}
     members: dict[uuid.UUID, set[str]] = {}
     active = _RESIDENTS.c.status == ResidentStatus.ACTIVE.value
+    postgres = session.get_bind().dialect.name == "postgresql"
+
+    def among(column: Any, values: list[Any], kind: Any) -> Any:
+        # PostgreSQL: one array parameter (= ANY) instead of thousands of IN parameters, which
+        # the driver would parse anew for every statement.
+        if postgres:
+            return column == any_(bindparam(None, values, type_=PG_ARRAY(kind)))
+        return column.in_(values)
+
     household_ids: list[uuid.UUID] = []
     for start in range(0, len(codes), 5000):
         household_ids += session.scalars(
             select(_RESIDENTS.c.household_id).where(
-                _RESIDENTS.c.resident_code.in_(codes[start : start + 5000]), active
+                among(_RESIDENTS.c.resident_code, codes[start : start + 5000], String()), active
             )
         )
     # Two plain look-ups rather than IN (subquery): the planner picks them well even on tables
@@ -2049,7 +2072,7 @@ def _bulk_load(session: Session, codes: list[str]) -> tuple[dict[str, _Tracked],
     for start in range(0, len(household_ids), 5000):
         rows = session.execute(
             select(_RESIDENTS)
-            .where(_RESIDENTS.c.household_id.in_(household_ids[start : start + 5000]), active)
+            .where(among(_RESIDENTS.c.household_id, household_ids[start : start + 5000], Uuid()), active)
             .with_for_update()
         )
         # fetchall: iterating a result fetches one row per driver call.
