@@ -51,3 +51,40 @@ def test_seal_and_tax_follow_the_active_record(engine: Engine, session_maker: se
     with session_maker() as s:
         tax = tax_assessment(s, code, 2025)
         assert tax is not None and tax.resident_id == active_id
+
+
+def test_death_ends_the_seal_registration(engine: Engine, session_maker: sessionmaker[Session]) -> None:
+    from kiban.core.dispatch import build_registry
+    from kiban.core.events import drain
+    from kiban.register import service
+    from kiban.register.schemas import Actor, Death, Target
+    from kiban.register.seals import active_seal, seal_history
+
+    households = list(generate_population(["131016"], 40, seed=12, as_of=date(2025, 4, 1)))
+    with session_maker.begin() as s:
+        codes = numbering.issue_resident_codes(s, 40, ResidentCodeGenerator(random.Random(12)))
+    load_population(engine, households, iter(codes))
+    alone = next(h for h in households if len(h.members) == 1 and h.members[0].birth_date < date(1990, 1, 1))
+    with session_maker() as s:
+        code = s.scalars(
+            select(Resident.resident_code).where(
+                Resident.family_name == alone.members[0].family_name,
+                Resident.given_name == alone.members[0].given_name,
+                Resident.birth_date == alone.members[0].birth_date,
+            )
+        ).first()
+    assert code is not None
+    with session_maker.begin() as s:
+        clerk_row = create_user(s, "clerk131016", "a-long-password-1", "clerk", municipality_code="131016")
+        image = synthetic_seal_image("山田", seed=2)
+        register_seal(s, clerk_row, code, image, "image/png", date(2025, 4, 1))
+    day = date(2025, 6, 1)
+    with session_maker.begin() as s:
+        clerk = Actor(username="clerk131016", municipality_code="131016")
+        command = Death(target=Target(resident_code=code), notified_on=day, effective_on=day)
+        service.death(s, clerk, command, today=day)
+    drain(session_maker, build_registry())
+    with session_maker() as s:
+        assert active_seal(s, code) is None
+        history = seal_history(s, code)
+    assert [h.status for h in history] == ["abolished"]

@@ -8,6 +8,8 @@ number twice changes nothing either.
 
 from __future__ import annotations
 
+from datetime import date
+
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
@@ -34,6 +36,27 @@ def apply_individual_number(session: Session, event: DomainEvent) -> None:
     )
 
 
+# 印鑑登録 ends with the record: 印鑑登録事務処理要領 (職権抹消 on death and moving away).
+SEAL_ENDING_REASONS = ("死亡", "転出", "国外転出")
+
+
+def end_seal_with_record(session: Session, event: DomainEvent) -> None:
+    """A closed record (死亡, 転出, 国外転出) ends the person's seal registration (職権抹消)."""
+    from kiban.register.seals import abolish_for_resident
+
+    payload = event.payload
+    reason = str(payload.get("reason_ja", ""))
+    if payload.get("status") != "removed" or reason not in SEAL_ENDING_REASONS:
+        return
+    effective = payload.get("effective_on")
+    abolish_for_resident(
+        session,
+        event.key,
+        reason,
+        effective_on=date.fromisoformat(effective) if isinstance(effective, str) else None,
+    )
+
+
 def register_handlers(registry: Registry) -> None:
     from kiban.register.service import register_event_handlers
 
@@ -41,3 +64,4 @@ def register_handlers(registry: Registry) -> None:
         registry.add(event_type, "register.apply_individual_number", apply_individual_number)
     # 転出証明書情報 received at the destination; the 転出 completed at the origin after the 転入.
     register_event_handlers(registry)
+    registry.add("register.identity_changed", "register.end_seal_with_record", end_seal_with_record)

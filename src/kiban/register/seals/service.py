@@ -615,7 +615,9 @@ def _reader(session: Session, actor: Actor | None, resident_code: str) -> tuple[
         resident = _resident_of(session, actor, resident_code)
         return resident, resident.resident_code
     code = _code(resident_code)
-    return session.scalars(select(Resident).where(Resident.resident_code == code)).one_or_none(), code
+    # After a 転入 the code has a 除票 at the old municipality and an active record at the new one.
+    query = select(Resident).where(Resident.resident_code == code)
+    return session.scalars(query.order_by(_ACTIVE_FIRST, Resident.created_at.desc()).limit(1)).first(), code
 
 
 def _audit_read(
