@@ -48,7 +48,16 @@ RATES = {"birth": 0.006, "death": 0.013, "marriage": 0.004, "relocation": 0.03, 
 
 
 FollowUp = Callable[[Session], object]
-Names = dict[str, list[tuple[str, str]]]
+
+
+@dataclass
+class Tools:
+    """What the life events draw on: the seeded randomness, names, and the numbering role's tools."""
+
+    rng: random.Random
+    names: dict[str, list[tuple[str, str]]]
+    generator: ResidentCodeGenerator
+    cipher: IndividualNumberCipher
 
 
 @dataclass
@@ -64,9 +73,12 @@ def _age(born: date, on: date) -> int:
 
 def live_a_year(ctx: DemoContext) -> ReportSection:
     rng = random.Random(ctx.seed + 3)
-    names = japanese_names()
-    generator = ResidentCodeGenerator(rng)
-    cipher = IndividualNumberCipher.from_key_file(ctx.settings.keys_dir / "numbering.key")
+    tools = Tools(
+        rng,
+        japanese_names(),
+        ResidentCodeGenerator(rng),
+        IndividualNumberCipher.from_key_file(ctx.settings.keys_dir / "numbering.key"),
+    )
     registry = build_registry()
     plans = _plan(ctx, rng)
     done: Counter[str] = Counter()
@@ -76,7 +88,7 @@ def live_a_year(ctx: DemoContext) -> ReportSection:
             action = ACTIONS[plan.kind]
             try:
                 with ctx.sessions.begin() as s:
-                    follow_up = action(s, plan, rng, names, generator, cipher)
+                    follow_up = action(s, plan, tools)
                 # Events go out after the commit: a 転入 needs the 転出証明書情報 delivered first.
                 drain(ctx.sessions, registry)
                 if follow_up is not None:
@@ -180,17 +192,10 @@ def _address(rng: random.Random, municipality_code: str) -> Address:
     return Address(town=town.name, banchi=banchi, postal_code=town.postal_code)
 
 
-def _birth(
-    s: Session,
-    plan: Plan,
-    rng: random.Random,
-    names: Names,
-    generator: ResidentCodeGenerator,
-    cipher: IndividualNumberCipher,
-) -> None:
+def _birth(s: Session, plan: Plan, tools: Tools) -> None:
     clerk, mother = _clerk(s, plan.code)
-    sex: Literal[1, 2] = 1 if rng.random() < 0.5 else 2
-    given, given_kana = rng.choice(names["male" if sex == 1 else "female"])
+    sex: Literal[1, 2] = 1 if tools.rng.random() < 0.5 else 2
+    given, given_kana = tools.rng.choice(tools.names["male" if sex == 1 else "female"])
     person = PersonData(
         family_name=mother.family_name,
         given_name=given,
@@ -206,17 +211,10 @@ def _birth(
         notified_on=plan.day,
         effective_on=plan.day,
     )
-    service.birth(s, clerk, command, today=plan.day, generator=generator, cipher=cipher)
+    service.birth(s, clerk, command, today=plan.day, generator=tools.generator, cipher=tools.cipher)
 
 
-def _death(
-    s: Session,
-    plan: Plan,
-    rng: random.Random,
-    names: Names,
-    generator: ResidentCodeGenerator,
-    cipher: IndividualNumberCipher,
-) -> None:
+def _death(s: Session, plan: Plan, tools: Tools) -> None:
     clerk, _ = _clerk(s, plan.code)
     service.death(
         s,
@@ -226,21 +224,14 @@ def _death(
     )
 
 
-def _marriage(
-    s: Session,
-    plan: Plan,
-    rng: random.Random,
-    names: Names,
-    generator: ResidentCodeGenerator,
-    cipher: IndividualNumberCipher,
-) -> None:
+def _marriage(s: Session, plan: Plan, tools: Tools) -> None:
     clerk, r = _clerk(s, plan.code)
-    family, family_kana = rng.choice(names["family"])
+    family, family_kana = tools.rng.choice(tools.names["family"])
     command = NameChange(
         target=Target(resident_code=plan.code),
         family_name=family,
         family_name_kana=family_kana,
-        keep_old_family_name=rng.random() < 0.3,
+        keep_old_family_name=tools.rng.random() < 0.3,
         reason="婚姻",
         notified_on=plan.day,
         effective_on=plan.day,
@@ -248,18 +239,11 @@ def _marriage(
     service.name_change(s, clerk, command, today=plan.day)
 
 
-def _relocation(
-    s: Session,
-    plan: Plan,
-    rng: random.Random,
-    names: Names,
-    generator: ResidentCodeGenerator,
-    cipher: IndividualNumberCipher,
-) -> None:
+def _relocation(s: Session, plan: Plan, tools: Tools) -> None:
     clerk, r = _clerk(s, plan.code)
     command = Relocation(
         targets=[Target(resident_code=plan.code)],
-        address=_address(rng, r.municipality_code),
+        address=_address(tools.rng, r.municipality_code),
         household=HouseholdChoice(head_code=plan.code),
         notified_on=plan.day,
         effective_on=plan.day,
@@ -267,17 +251,10 @@ def _relocation(
     service.relocation(s, clerk, command, today=plan.day)
 
 
-def _move(
-    s: Session,
-    plan: Plan,
-    rng: random.Random,
-    names: Names,
-    generator: ResidentCodeGenerator,
-    cipher: IndividualNumberCipher,
-) -> FollowUp:
+def _move(s: Session, plan: Plan, tools: Tools) -> FollowUp:
     clerk, r = _clerk(s, plan.code)
-    destination = rng.choice([c for c in DEMO_MUNICIPALITIES if c != r.municipality_code])
-    address = _address(rng, destination)
+    destination = tools.rng.choice([c for c in DEMO_MUNICIPALITIES if c != r.municipality_code])
+    address = _address(tools.rng, destination)
     body = master.municipality(destination)
     command = MoveOut(
         targets=[Target(resident_code=plan.code)],
@@ -287,7 +264,7 @@ def _move(
         effective_on=plan.day,
     )
     service.move_out(s, clerk, command, today=plan.day)
-    arrival = plan.day + timedelta(days=rng.randint(1, 10))
+    arrival = plan.day + timedelta(days=tools.rng.randint(1, 10))
     dest_clerk = Actor(username=f"clerk{destination}", municipality_code=destination)
     move_in = MoveIn(
         persons=[
@@ -308,18 +285,11 @@ def _move(
     return lambda s2: service.move_in(s2, dest_clerk, move_in, today=arrival)
 
 
-def _abroad(
-    s: Session,
-    plan: Plan,
-    rng: random.Random,
-    names: Names,
-    generator: ResidentCodeGenerator,
-    cipher: IndividualNumberCipher,
-) -> None:
+def _abroad(s: Session, plan: Plan, tools: Tools) -> None:
     clerk, _ = _clerk(s, plan.code)
     command = Emigration(
         targets=[Target(resident_code=plan.code)],
-        destination_country=rng.choice(["アメリカ合衆国", "シンガポール", "ドイツ", "オーストラリア"]),
+        destination_country=tools.rng.choice(["アメリカ合衆国", "シンガポール", "ドイツ", "オーストラリア"]),
         notified_on=plan.day,
         effective_on=plan.day,
     )
