@@ -47,3 +47,22 @@ def test_downgrade_to_base_and_upgrade_again(db_url: str) -> None:
     engine = create_engine(db_url)
     assert set(import_all_models().tables) <= set(inspect(engine).get_table_names())
     engine.dispose()
+
+
+def test_db_upgrade_command(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from kiban.cli.main import app
+
+    runner = CliRunner()
+    env = {"KIBAN_DATABASE_URL": ""}
+    bad = runner.invoke(app, ["db", "upgrade", "--data", str(tmp_path), "--revision", "nonsense"], env=env)
+    assert bad.exit_code == 2
+    assert "known_revision" in bad.output
+    good = runner.invoke(app, ["db", "upgrade", "--data", str(tmp_path)], env=env)
+    assert good.exit_code == 0, good.output
+    from sqlalchemy import create_engine
+
+    engine = create_engine(f"sqlite:///{tmp_path / 'kiban.sqlite'}")
+    assert "residents" in inspect(engine).get_table_names()
+    engine.dispose()

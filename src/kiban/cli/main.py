@@ -25,11 +25,17 @@ def db_upgrade(
     revision: str = typer.Option("heads", help="Target revision."),
 ) -> None:
     """Bring the database to the newest schema (KIBAN_DATABASE_URL or the data directory's SQLite)."""
+    from alembic.util import CommandError
+
     from kiban.core.database import upgrade
 
     settings = load_settings(data)
     settings.ensure_dirs()
-    upgrade(settings.database_url, revision)
+    try:
+        upgrade(settings.database_url, revision)
+    except CommandError as exc:
+        typer.echo(f"kiban db upgrade: --revision {revision!r}: {exc} (rule: known_revision)", err=True)
+        raise typer.Exit(2) from exc
     typer.echo(f"database at {settings.database_url.split('@')[-1]} is at {revision}")
 
 
