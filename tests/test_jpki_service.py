@@ -515,11 +515,15 @@ def test_bad_revocations_change_nothing(ca_session: Session, ks: FileKeyStore) -
 
 
 def test_register_handlers_subscribes_both() -> None:
+    from kiban.core.dispatch import build_registry
     from kiban.core.events import Registry
+    from kiban.jpki import handlers
 
     registry = Registry()
-    service.register_handlers(registry)
+    handlers.register_handlers(registry)
     assert registry.event_types == ["cards.state_changed", "network.identity_changed"]
+    # discovered by every process that delivers events
+    assert "network.identity_changed" in build_registry().event_types
 
 
 def test_ocsp_signer_certificate(ca_session: Session, ks: FileKeyStore) -> None:

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from kiban.core import audit
 from kiban.core.database import utcnow
-from kiban.core.events import DomainEvent, Registry, emit
+from kiban.core.events import DomainEvent, emit
 from kiban.jpki import profiles
 from kiban.jpki.keys import ALGORITHMS, KeyStore, PublicKey
 from kiban.jpki.models import Certificate, CertificateAuthority, IssuanceRecord
@@ -1150,19 +1150,6 @@ def handle_card_state_changed(
     else:
         log.info("cards.state_changed with state %r: nothing for the CA to do", state)
     return [c.serial for c in changed]
-
-
-def register_handlers(registry: Registry) -> None:
-    """Subscribe the CA's handlers (call once per registry when the network/cards capabilities land)."""
-
-    def on_identity(session: Session, event: DomainEvent) -> None:
-        handle_identity_changed(session, event)
-
-    def on_card(session: Session, event: DomainEvent) -> None:
-        handle_card_state_changed(session, event)
-
-    registry.add("network.identity_changed", "jpki.revoke_on_identity_change", on_identity)
-    registry.add("cards.state_changed", "jpki.card_state", on_card)
 
 
 def replacement_of(session: Session, serial: str | int, *, ca_id: str | None = None) -> str | None:
