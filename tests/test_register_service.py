@@ -1017,6 +1017,18 @@ def test_restricted_persons_are_hidden_from_third_parties(
         )
         assert not service.is_restricted(s, person.resident_code, TODAY)
         assert service.search(s, CLERK_A, query, purpose="third_party", today=TODAY).total == 1
+    # The network learns the whole state each time (set, then lifted), never the reason.
+    with session_maker() as s:
+        sent = s.scalars(
+            select(OutboxEvent)
+            .where(OutboxEvent.type == "register.restriction_changed")
+            .order_by(OutboxEvent.seq)
+        ).all()
+    assert [e.key for e in sent] == [person.resident_code] * 2
+    set_, lifted = (e.payload["measures"] for e in sent)
+    assert [m["lifted_on"] for m in set_] == [None]
+    assert [m["lifted_on"] for m in lifted] == [TODAY.isoformat()]
+    assert set_[0]["id"] == lifted[0]["id"] and "DV" not in str(sent[-1].payload)
 
 
 def test_search_by_name_birth_date_address_code_with_pages(

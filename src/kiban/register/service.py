@@ -151,6 +151,7 @@ __all__ = [
 IDENTITY_CHANGED = "register.identity_changed"
 MOVED_OUT = "register.moved_out"
 MOVED_IN = "register.moved_in"
+RESTRICTION_CHANGED = "register.restriction_changed"
 SCHEMA_VERSION = 1
 
 HEAD = "世帯主"
@@ -1609,6 +1610,40 @@ def _restriction_history(
     )
 
 
+def _emit_restrictions(session: Session, r: Resident, municipality_code: str) -> None:
+    """Tell the network every measure this municipality has for the person (state, not a delta).
+
+    Whole state so that a replay or a late copy can never leave the national role with a measure
+    lifted that is in force, or the reverse; the reason stays in the municipality.
+    """
+    session.flush()
+    rows = session.scalars(
+        select(Restriction)
+        .where(Restriction.resident_code == r.resident_code)
+        .where(Restriction.municipality_code == municipality_code)
+        .order_by(Restriction.set_at, Restriction.id)
+    )
+    emit(
+        session,
+        RESTRICTION_CHANGED,
+        r.resident_code,
+        {
+            "resident_code": r.resident_code,
+            "municipality_code": municipality_code,
+            "measures": [
+                {
+                    "id": str(m.id),
+                    "starts_on": m.starts_on.isoformat(),
+                    "ends_on": m.ends_on.isoformat(),
+                    "lifted_on": m.lifted_on.isoformat() if m.lifted_on else None,
+                }
+                for m in rows
+            ],
+        },
+        schema_version=SCHEMA_VERSION,
+    )
+
+
 def set_restriction(
     session: Session, actor: Actor, command: SetRestriction, *, today: date | None = None
 ) -> uuid.UUID:
@@ -1642,7 +1677,7 @@ def set_restriction(
             "ends_on": command.ends_on.isoformat(),
         },
     )
-    session.flush()
+    _emit_restrictions(session, r, actor.municipality_code)
     return row.id
 
 
@@ -1679,7 +1714,7 @@ def lift_restriction(
         dates,
         {"restriction_ids": [str(x.id) for x in rows]},
     )
-    session.flush()
+    _emit_restrictions(session, r, actor.municipality_code)
     return len(rows)
 
 
