@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -201,3 +206,135 @@ def test_the_network_chapter(demo_dir: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert {r.municipality_code for r in status} <= set(DEMO_MUNICIPALITIES)
     assert sum(r.versions for r in status) > 0
     assert active.town in str(newest.address)
+
+
+# --- pki/: real tools read what the CA wrote -------------------------------------------------------
+
+OPENSSL = shutil.which("openssl")
+PKILINT_BIN = Path(sys.executable).parent
+
+
+def _pki_index(demo_dir: Path) -> list[dict[str, str | None]]:
+    index: list[dict[str, str | None]] = json.loads((demo_dir / "pki" / "samples" / "index.json").read_text())
+    return index
+
+
+def _root_of(ca: str | None) -> str:
+    return "lgpki-root" if str(ca).startswith("lgpki") else "jpki-root"
+
+
+def test_pki_index_lists_each_story_with_its_expected_status(demo_dir: Path) -> None:
+    index = _pki_index(demo_dir)
+    by_file = {Path(str(e["file"])).stem: e for e in index}
+    for name in ("good-user-auth", "good-organisation", "good-tls-server"):
+        assert by_file[name]["status"] == "good" and by_file[name]["reason"] is None
+    assert by_file["on-hold-lost-card"]["status"] == "on hold"
+    assert by_file["revoked-key-compromise"]["reason"] == "keyCompromise"
+    assert by_file["revoked-superseded"]["reason"] == "superseded"
+    for entry in index:
+        cert = x509.load_pem_x509_certificate((demo_dir / "pki" / str(entry["file"])).read_bytes())
+        assert format(cert.serial_number, "040x") == entry["serial"]
+        assert entry["status"] in {"good", "revoked", "on hold"}
+        assert (entry["reason"] is None) == (entry["status"] == "good")
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl not installed")
+def test_openssl_verifies_every_sample_and_the_crl_tells_the_revoked(demo_dir: Path) -> None:
+    pki = demo_dir / "pki"
+    for entry in _pki_index(demo_dir):
+        root, ca, cert = pki / "ca" / f"{_root_of(entry['ca'])}.pem", entry["ca"], pki / str(entry["file"])
+        chain = subprocess.run(
+            [
+                str(OPENSSL),
+                "verify",
+                "-CAfile",
+                str(root),
+                "-untrusted",
+                str(pki / "ca" / "all.pem"),
+                str(cert),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        assert chain.returncode == 0, (entry, chain.stdout, chain.stderr)
+        # With the issuing CA's CRL the revoked and held certificates are refused, the good pass.
+        crl_pem = subprocess.run(
+            [str(OPENSSL), "crl", "-inform", "DER", "-in", str(pki / "crl" / f"{ca}.crl")],
+            capture_output=True,
+            check=True,
+        ).stdout
+        root_crl = subprocess.run(
+            [str(OPENSSL), "crl", "-inform", "DER", "-in", str(pki / "crl" / f"{_root_of(ca)}.crl")],
+            capture_output=True,
+            check=True,
+        ).stdout
+        crls = demo_dir / "crls.pem"
+        crls.write_bytes(crl_pem + root_crl)
+        checked = subprocess.run(
+            [
+                str(OPENSSL),
+                "verify",
+                "-crl_check_all",
+                "-CRLfile",
+                str(crls),
+                "-CAfile",
+                str(root),
+                "-untrusted",
+                str(pki / "ca" / "all.pem"),
+                str(cert),
+            ],
+            capture_output=True,
+            text=True,
+        )
+        if entry["status"] == "good":
+            assert checked.returncode == 0, (entry, checked.stdout, checked.stderr)
+        else:
+            assert checked.returncode != 0 and "revoked" in checked.stdout + checked.stderr, entry
+        crl_text = subprocess.run(
+            [str(OPENSSL), "crl", "-inform", "DER", "-in", str(pki / "crl" / f"{ca}.crl"), "-noout", "-text"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        serial = format(int(str(entry["serial"]), 16), "X")
+        serial = serial.zfill(len(serial) + len(serial) % 2)
+        listed = f"Serial Number: {serial}" in crl_text
+        assert listed == (entry["status"] != "good"), entry
+        if listed:
+            block = crl_text.split(f"Serial Number: {serial}")[1].split("Serial Number:")[0]
+            expected = {
+                "keyCompromise": "Key Compromise",
+                "superseded": "Superseded",
+                "certificateHold": "Certificate Hold",
+                "affiliationChanged": "Affiliation Changed",
+                "cessationOfOperation": "Cessation Of Operation",
+            }[str(entry["reason"])]
+            assert expected in block, (entry, block)
+
+
+def test_pkilint_accepts_the_samples_and_crls(demo_dir: Path) -> None:
+    cert_lint, crl_lint = PKILINT_BIN / "lint_pkix_cert", PKILINT_BIN / "lint_crl"
+    if not cert_lint.exists() or not crl_lint.exists():
+        pytest.skip("pkilint (PyPI) not installed")
+    pki = demo_dir / "pki"
+    for entry in _pki_index(demo_dir):
+        result = subprocess.run(
+            [str(cert_lint), "lint", "-s", "WARNING", str(pki / str(entry["file"]))],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, (entry["file"], result.stdout)
+    for crl_file in sorted((pki / "crl").glob("*.crl")):
+        result = subprocess.run(
+            [str(crl_lint), "lint", "-t", "CRL", "-p", "PKIX", "-s", "WARNING", str(crl_file)],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, (crl_file.name, result.stdout)
+
+
+def test_report_tells_the_certificates(demo_dir: Path) -> None:
+    report = (demo_dir / "report.md").read_text()
+    assert "## Certificates: key ceremony and issuance" in report
+    assert "each checked complete: all complete" in report
+    assert "2 revoked at the holder's request (keyCompromise)" in report

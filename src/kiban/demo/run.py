@@ -19,6 +19,7 @@ from kiban.core.database import make_engine, session_factory, upgrade
 from kiban.demo.context import DemoContext, ReportSection
 from kiban.demo.life import live_a_year
 from kiban.demo.network import network_year, seed_network
+from kiban.demo.pki import pki_ceremony, pki_publish
 from kiban.demo.register_docs import counter_work
 from kiban.demo.world import DEMO_MUNICIPALITIES, build_world
 
@@ -123,8 +124,10 @@ CHAPTERS: list[Chapter] = [
     seed_network,
     demo_accounts,
     counter_work,
+    pki_ceremony,
     live_a_year,
     network_year,
+    pki_publish,
     audit_chapter,
 ]
 
