@@ -23,6 +23,7 @@ from kiban.core.audit import AuditEntry
 from kiban.core.events import DomainEvent, Registry, drain
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
 from kiban.network import service as network
+from kiban.network.handlers import register_handlers as network_handlers
 from kiban.network.models import BulkJob, NationalIdentity, Provision
 from kiban.network.service import ITEM_COLUMNS, NetworkError
 from kiban.numbering import service as numbering
@@ -242,6 +243,12 @@ def test_restricted_persons_are_provided_where_the_law_allows_and_flagged(
             ),
             today=TODAY,
         )
+    # The measure reaches the network as register.restriction_changed (its own copy is what it reads).
+    assert not network.is_restricted(s, row.resident_code, TODAY)
+    delivery = Registry()
+    network_handlers(delivery)
+    drain(session_maker, delivery)
+    assert network.is_restricted(s, row.resident_code, TODAY)
     pension = ask(session_maker, "nenkin", "pension_status_check", {"resident_code": row.resident_code})
     assert pension.outcome == "provided" and pension.restricted and pension.data["address"] == row.address
     election = ask(

@@ -231,3 +231,38 @@ class BulkJob(Base):
     provided: Mapped[int] = mapped_column(Integer)
     failed: Mapped[int] = mapped_column(Integer)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class RestrictionSet(Base):
+    """The newest DV等支援措置 state a municipality sent for a person (支援措置の写し).
+
+    One row per (住民票コード, municipality): the event it came with orders the states, so an older
+    state (a replay, a late copy) never replaces a newer one.
+    """
+
+    __tablename__ = "network_restriction_sets"
+
+    resident_code: Mapped[str] = mapped_column(String(11), primary_key=True)
+    municipality_code: Mapped[str] = mapped_column(String(6), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    event_occurred_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    applied_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    measures: Mapped[int] = mapped_column(Integer)  # how many measures the state holds
+
+
+class RestrictionCopy(Base):
+    """One measure of a municipality's current set: its period, and when it was lifted (no reason)."""
+
+    __tablename__ = "network_restrictions"
+
+    id: Mapped[int] = mapped_column(SEQ_TYPE, primary_key=True, autoincrement=True)
+    resident_code: Mapped[str] = mapped_column(String(11))
+    municipality_code: Mapped[str] = mapped_column(String(6))
+    measure_id: Mapped[str] = mapped_column(String(64))
+    starts_on: Mapped[date] = mapped_column(Date)
+    ends_on: Mapped[date] = mapped_column(Date)
+    lifted_on: Mapped[date | None] = mapped_column(Date)
+
+    __table_args__ = (
+        Index("ix_network_restrictions_resident_municipality", "resident_code", "municipality_code"),
+    )

@@ -44,15 +44,18 @@ from kiban.network.models import (
     Provision,
     QuarantinedMessage,
     RegistrationConflict,
+    RestrictionCopy,
+    RestrictionSet,
     StatutoryUse,
 )
 from kiban.network.schemas import Answer, DisclosureEntry, ProvisionQuery
-from kiban.register.models import Resident, Restriction, kana_search_key
+from kiban.register.models import Resident, kana_search_key
 
 log = logging.getLogger(__name__)
 
 JST = ZoneInfo("Asia/Tokyo")
 IDENTITY_CHANGED_IN = "register.identity_changed"
+RESTRICTION_CHANGED_IN = "register.restriction_changed"  # DV等支援措置: the municipality's whole set
 IDENTITY_CHANGED_OUT = "network.identity_changed"  # 異動等情報, for the CA, cards and linkage
 REGISTRATION_CONFLICT = "network.registration_conflict"
 SCHEMA_VERSION = 1
@@ -272,7 +275,17 @@ def _scrubbed(event: DomainEvent) -> dict[str, Any]:
     """The event as a document, without the values of items that must not leave the municipality."""
     doc = event.to_document()
     payload = doc.get("payload")
-    if isinstance(payload, dict):
+    if event.type == RESTRICTION_CHANGED_IN and isinstance(payload, dict):
+        measures = payload.get("measures")
+        if isinstance(measures, list):
+            payload["measures"] = [
+                {k: (v if k in _MEASURE_KEYS else "<withheld>") for k, v in m.items()}
+                if isinstance(m, dict)
+                else m
+                for m in measures
+            ]
+        doc["payload"] = {k: (v if k in _RESTRICTION_KEYS else "<withheld>") for k, v in payload.items()}
+    elif isinstance(payload, dict):
         doc["payload"] = {k: (v if k in _PAYLOAD_KEYS else "<withheld>") for k, v in payload.items()}
     return doc
 
@@ -527,6 +540,172 @@ def apply_number(session: Session, event: DomainEvent) -> str:
     return "applied"
 
 
+# --- DV等支援措置 (the copy of the municipalities' support measures) ------------------------------
+
+_RESTRICTION_KEYS = frozenset({"resident_code", "municipality_code", "measures"})
+_MEASURE_KEYS = frozenset({"id", "starts_on", "ends_on", "lifted_on"})
+MAX_MEASURES = 100  # a person has a handful; more is not a state but a flood
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One support measure as the network holds it: its period and lifting, never its reason."""
+
+    id: str
+    starts_on: date
+    ends_on: date
+    lifted_on: date | None
+
+
+@dataclass(frozen=True)
+class RestrictionState:
+    """A checked ``register.restriction_changed``: one municipality's whole set for one person."""
+
+    event_id: str
+    occurred_at: datetime
+    resident_code: str
+    municipality_code: str
+    measures: tuple[Measure, ...]
+
+
+def parse_restrictions(event: DomainEvent) -> RestrictionState:
+    """Check a restriction message; :class:`NetworkError` names the first field that breaks a rule."""
+    if event.schema_version != SCHEMA_VERSION:
+        raise NetworkError("schema_version", "unsupported", f"version {event.schema_version} is not 1")
+    payload = event.payload
+    extra = sorted(set(payload) - _RESTRICTION_KEYS)
+    if extra:
+        raise NetworkError(
+            f"payload.{extra[0]}", "not_identity_information", f"items {extra} stay in the municipality"
+        )
+    code = _identifier(payload, "resident_code", validate_resident_code, required=True)
+    if code != event.key:
+        raise NetworkError("payload.resident_code", "key_match", "differs from the event key")
+    municipality_code = payload.get("municipality_code")
+    try:
+        place = master.municipality(str(municipality_code))
+    except master.MasterError as exc:
+        raise NetworkError("payload.municipality_code", "unknown_municipality", str(exc)) from exc
+    raw = payload.get("measures")
+    if not isinstance(raw, list):
+        raise NetworkError("payload.measures", "required", "must be a list (empty when none)")
+    if len(raw) > MAX_MEASURES:
+        raise NetworkError("payload.measures", "length", f"{len(raw)} measures, at most {MAX_MEASURES}")
+    measures: list[Measure] = []
+    seen: set[str] = set()
+    for i, item in enumerate(raw):
+        field = f"payload.measures[{i}]"
+        if not isinstance(item, dict):
+            raise NetworkError(field, "required", "must be an object")
+        extra = sorted(set(item) - _MEASURE_KEYS)
+        if extra:
+            raise NetworkError(
+                f"{field}.{extra[0]}", "not_identity_information", f"items {extra} stay in the municipality"
+            )
+        ident = item.get("id")
+        if not isinstance(ident, str) or not ident.strip() or len(ident) > 64:
+            raise NetworkError(f"{field}.id", "required", "must be a non-empty string of at most 64")
+        if ident in seen:
+            raise NetworkError(f"{field}.id", "duplicate", f"measure {ident} is listed twice")
+        seen.add(ident)
+        try:
+            starts = _date(item, "starts_on")
+            ends = _date(item, "ends_on")
+            lifted = _date(item, "lifted_on", required=False)
+        except NetworkError as exc:
+            raise NetworkError(exc.field.replace("payload.", f"{field}.", 1), exc.rule, exc.message) from exc
+        assert starts is not None and ends is not None
+        if ends < starts:
+            raise NetworkError(f"{field}.ends_on", "period", "ends before it starts")
+        measures.append(Measure(ident, starts, ends, lifted))
+    return RestrictionState(
+        event_id=event.id,
+        occurred_at=event.occurred_at,
+        resident_code=cast(str, code),
+        municipality_code=place.code,
+        measures=tuple(measures),
+    )
+
+
+def apply_restrictions(session: Session, event: DomainEvent) -> str:
+    """Handler of ``register.restriction_changed``: the set replaces the municipality's previous one.
+
+    Returns ``applied``, ``duplicate`` (this state is the one held) or ``quarantined`` (malformed,
+    or older than the state held: ``out_of_order``). Never raises for a bad message.
+    """
+    try:
+        state = parse_restrictions(event)
+    except NetworkError as exc:
+        quarantine(session, event, exc)
+        return "quarantined"
+    held = session.get(RestrictionSet, (state.resident_code, state.municipality_code), with_for_update=True)
+    if held is not None and held.event_id == state.event_id:
+        return "duplicate"
+    if held is not None and state.occurred_at < held.event_occurred_at:
+        quarantine(
+            session,
+            event,
+            NetworkError(
+                "occurred_at",
+                "out_of_order",
+                f"older ({state.occurred_at.isoformat()}) than the state held "
+                f"({held.event_occurred_at.isoformat()})",
+            ),
+        )
+        return "quarantined"
+    now = utcnow()
+    if held is None:
+        session.add(
+            RestrictionSet(
+                resident_code=state.resident_code,
+                municipality_code=state.municipality_code,
+                event_id=state.event_id,
+                event_occurred_at=state.occurred_at,
+                applied_at=now,
+                measures=len(state.measures),
+            )
+        )
+    else:
+        held.event_id = state.event_id
+        held.event_occurred_at = state.occurred_at
+        held.applied_at = now
+        held.measures = len(state.measures)
+    session.execute(
+        delete(RestrictionCopy).where(
+            RestrictionCopy.resident_code == state.resident_code,
+            RestrictionCopy.municipality_code == state.municipality_code,
+        )
+    )
+    if state.measures:
+        session.execute(
+            insert(cast(Table, RestrictionCopy.__table__)),
+            [
+                {
+                    "resident_code": state.resident_code,
+                    "municipality_code": state.municipality_code,
+                    "measure_id": m.id,
+                    "starts_on": m.starts_on,
+                    "ends_on": m.ends_on,
+                    "lifted_on": m.lifted_on,
+                }
+                for m in state.measures
+            ],
+        )
+    session.flush()
+    return "applied"
+
+
+def restrictions_of(session: Session, resident_code: str) -> list[RestrictionCopy]:
+    """The measures the network holds for a person (all municipalities), by start date."""
+    return list(
+        session.scalars(
+            select(RestrictionCopy)
+            .where(RestrictionCopy.resident_code == resident_code)
+            .order_by(RestrictionCopy.starts_on, RestrictionCopy.measure_id)
+        )
+    )
+
+
 def seed_copies(session: Session, municipality_codes: Sequence[str] | None = None) -> int:
     """初期登録: copy the active residents that the copies do not hold yet (a register loaded in bulk).
 
@@ -743,20 +922,27 @@ BulkRow = ProvisionQuery | Mapping[str, Any] | NetworkError
 
 
 def _restricted(session: Session, codes: Iterable[str], on: date) -> set[str]:
+    """The codes under a DV等支援措置 in force on ``on``, read from the network's own copy."""
     codes = list(codes)
     found: set[str] = set()
+    r = RestrictionCopy
     for start in range(0, len(codes), 1000):
         found.update(
             session.scalars(
-                select(Restriction.resident_code).where(
-                    Restriction.resident_code.in_(codes[start : start + 1000]),
-                    Restriction.starts_on <= on,
-                    Restriction.ends_on >= on,
-                    or_(Restriction.lifted_on.is_(None), Restriction.lifted_on > on),
+                select(r.resident_code).where(
+                    r.resident_code.in_(codes[start : start + 1000]),
+                    r.starts_on <= on,
+                    r.ends_on >= on,
+                    or_(r.lifted_on.is_(None), r.lifted_on > on),
                 )
             )
         )
     return found
+
+
+def is_restricted(session: Session, resident_code: str, on: date | None = None) -> bool:
+    """Whether a DV等支援措置 of any municipality is in force for the person (the network's copy)."""
+    return bool(_restricted(session, [resident_code], on or datetime.now(JST).date()))
 
 
 def _items_of(row: NationalIdentity, items: Sequence[str]) -> dict[str, Any]:
