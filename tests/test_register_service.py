@@ -16,6 +16,7 @@ from kiban.core.audit import AuditEntry
 from kiban.core.events import Registry, drain
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
 from kiban.core.models.events import OutboxEvent
+from kiban.network import moves as network_moves
 from kiban.numbering import service as numbering
 from kiban.numbering.models import ResidentCode
 from kiban.numbering.notices import notify_assigned
@@ -74,6 +75,7 @@ def days_ago(n: int) -> date:
 def registry() -> Registry:
     reg = Registry()
     register_handlers(reg)  # the 個人番号 notice and the moves (転出証明書情報, completion)
+    network_moves.register_handlers(reg)  # the 転出証明書情報 travels through the network
     return reg
 
 
