@@ -112,3 +112,52 @@ class CrlPublication(Base):
     der: Mapped[bytes] = mapped_column(LargeBinary)
     complete: Mapped[bool] = mapped_column(default=True)
     published_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OcspSigner(Base):
+    """A delegated OCSP responder key (OCSP署名用の鍵) of an issuing CA and its certificate.
+
+    The key lives in the same key store as the CA keys (a file in the demo, a token object in
+    production) under ``key_label``; the CA key is needed only to certify it.
+    """
+
+    __tablename__ = "jpki_ocsp_signers"
+    __table_args__ = (Index("ix_jpki_ocsp_signers_ca_not_after", "ca_id", "not_after"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ca_id: Mapped[str] = mapped_column(ForeignKey("jpki_cas.id"))
+    serial: Mapped[str] = mapped_column(String(40), unique=True)  # the signer certificate's serial
+    key_label: Mapped[str] = mapped_column(String(64), unique=True)
+    key_algorithm: Mapped[str] = mapped_column(String(16))
+    certificate_der: Mapped[bytes] = mapped_column(LargeBinary)
+    not_before: Mapped[datetime] = mapped_column(UTCDateTime())
+    not_after: Mapped[datetime] = mapped_column(UTCDateTime())
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class OcspResponse(Base):
+    """A pre-signed OCSP response (事前署名済みOCSPレスポンス) for one certificate.
+
+    Two encodings, one per CertID hash (SHA-1, the RFC 5019 default, and SHA-256), signed by the
+    CA's delegated signer. ``der_sha1``/``der_sha256`` are NULL when the last refresh could not
+    sign (a tombstone: never serve a stale status); ``refreshed_at`` tells responders' caches
+    what to drop.
+    """
+
+    __tablename__ = "jpki_ocsp_responses"
+    __table_args__ = (
+        UniqueConstraint("ca_id", "serial", name="uq_jpki_ocsp_responses_ca_id_serial"),
+        Index("ix_jpki_ocsp_responses_refreshed_at", "refreshed_at"),
+        Index("ix_jpki_ocsp_responses_next_update", "next_update"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ca_id: Mapped[str] = mapped_column(ForeignKey("jpki_cas.id"))
+    serial: Mapped[str] = mapped_column(String(40))
+    status: Mapped[str] = mapped_column(String(8))  # good / revoked / hold, as signed
+    der_sha1: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    der_sha256: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    this_update: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_update: Mapped[datetime] = mapped_column(UTCDateTime())
+    signer_serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    refreshed_at: Mapped[datetime] = mapped_column(UTCDateTime())

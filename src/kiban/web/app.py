@@ -267,6 +267,28 @@ class BodyLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
 
+class FastPathMiddleware:
+    """Outermost: hands the paths in ``routes`` (prefix -> raw ASGI app) straight to their app.
+
+    For endpoints whose answer is a few stored bytes at thousands of requests a second (OCSP):
+    they skip sessions, CSRF, routing and the generic metrics, and do their own headers and
+    counting. Capabilities fill ``app.state.fast_paths`` in ``register_web``.
+    """
+
+    def __init__(self, app: ASGIApp, *, routes: dict[str, ASGIApp]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.routes:
+            path: str = scope["path"]
+            for prefix, handler in self.routes.items():
+                if path == prefix or path.startswith(prefix + "/"):
+                    await handler(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 class MetricsMiddleware:
     """Counts and times every request by its route template (not its path: bounded labels)."""
 
@@ -478,6 +500,8 @@ def create_app(
     app.add_middleware(BodyLimitMiddleware, limit=options.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware, production=settings.mode == "production")
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.fast_paths = {}
+    app.add_middleware(FastPathMiddleware, routes=app.state.fast_paths)
 
     app.mount("/static", StaticFiles(directory=str(WEB_DIR / "static")), name="static")
     app.include_router(auth.router)
