@@ -5,9 +5,10 @@ Rows are never deleted: a retired code or number stays so that it is never issue
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint, text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, String, UniqueConstraint, Uuid, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from kiban.core.database import Base, UTCDateTime
@@ -66,3 +67,28 @@ class IndividualNumber(Base):
     assigned_at: Mapped[datetime] = mapped_column(UTCDateTime())
     retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     retired_reason: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+LETTER_ASSIGNED = "assigned"  # 個人番号の指定
+LETTER_CHANGED = "changed"  # 個人番号の変更 (reissue after a leak)
+
+
+class NumberLetter(Base):
+    """A 個人番号通知書 produced for one 個人番号: at most one letter per number, ever.
+
+    The PDF is not kept (it carries the number); the document ledger (``issued_documents``)
+    holds its serial, content hash and verification code, this row says which number it was for.
+    """
+
+    __tablename__ = "numbering_letters"
+    __table_args__ = (CheckConstraint("kind IN ('assigned', 'changed')", name="kind"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True, default=uuid.uuid4)
+    # Unique: a second letter for the same number is refused by the database too.
+    number: Mapped[str] = mapped_column(String(12), ForeignKey("individual_numbers.number"), unique=True)
+    resident_code: Mapped[str] = mapped_column(String(11), index=True)  # the person's code when printed
+    municipality_code: Mapped[str] = mapped_column(String(6))  # whose mayor notifies (住所地)
+    kind: Mapped[str] = mapped_column(String(10))
+    serial: Mapped[str] = mapped_column(String(40), unique=True)  # the ledger's 発行番号
+    batch_id: Mapped[uuid.UUID] = mapped_column(Uuid, index=True)
+    produced_at: Mapped[datetime] = mapped_column(UTCDateTime())
