@@ -121,7 +121,7 @@ def today_jst(now: datetime | None = None) -> date:
     return (now or utcnow()).astimezone(JST).date()
 
 
-def _now(now: datetime | None) -> datetime:
+def aware_now(now: datetime | None) -> datetime:
     value = now or utcnow()
     if value.tzinfo is None:
         raise CardsError("now", "aware", "must be timezone-aware")
@@ -204,6 +204,16 @@ def _audit(session: Session, actor: Actor, card: Card, action: str, detail: dict
     )
 
 
+def _check_replay(session: Session, request_id: str | None) -> None:
+    """A call carried out before (the same ``request_id``) is refused, so a retry never acts twice."""
+    if request_id is not None and session.scalar(
+        select(Transition.id).where(Transition.request_id == request_id)
+    ):
+        raise CardsError(
+            "request_id", "replayed_request", f"request {request_id} was already carried out", status=409
+        )
+
+
 def _transition(
     session: Session,
     actor: Actor,
@@ -217,6 +227,7 @@ def _transition(
     audit_action: str = "update",
 ) -> None:
     """Move ``card`` by ``action`` if the state machine allows it, with its record, audit and event."""
+    _check_replay(session, request_id)
     target = states.target_of(action, card.state)
     if target is None:
         raise CardsError(
@@ -224,12 +235,6 @@ def _transition(
             "transition_not_allowed",
             f"{action} is not allowed for a card that is {card.state} ({states.STATE_JA[card.state]})",
             status=409,
-        )
-    if request_id is not None and session.scalar(
-        select(Transition.id).where(Transition.request_id == request_id)
-    ):
-        raise CardsError(
-            "request_id", "replayed_request", f"request {request_id} was already carried out", status=409
         )
     before = card.state
     card.state = target
@@ -268,7 +273,7 @@ def _register_actor(actor: Actor, municipality_code: str) -> RegisterActor:
     return RegisterActor(username=actor.username[:64], municipality_code=municipality_code, role=actor.role)
 
 
-def _resident(
+def resident_record(
     session: Session, actor: Actor, code: str, municipality_code: str, today: date, field: str
 ) -> ResidentView:
     """The person's record (audited read through the register), refusing the dead and the moved out."""
@@ -300,7 +305,7 @@ def issue_forms(
     now: datetime | None = None,
 ) -> dict[str, str]:
     """交付申請書を発行: one form (申請書ID) per person; returns 住民票コード → 申請書ID."""
-    moment = _now(now)
+    moment = aware_now(now)
     out: dict[str, str] = {}
     for code in resident_codes:
         application_id = new_application_id()
@@ -357,7 +362,7 @@ def _express_due(
 
 def apply(session: Session, actor: Actor, application: Application, *, now: datetime | None = None) -> Card:
     """申請受付: a paper form, an online application or one line of an employer's bulk file."""
-    moment = _now(now)
+    moment = aware_now(now)
     today = today_jst(moment)
     application_id = application.application_id
     if not isinstance(application_id, str) or len(application_id) != 23 or not application_id.isdigit():
@@ -382,7 +387,9 @@ def apply(session: Session, actor: Actor, application: Application, *, now: date
         raise CardsError(
             "application_id", "pending_application", f"card {pending} is already on its way", status=409
         )
-    record = _resident(session, actor, form.resident_code, form.municipality_code, today, "application_id")
+    record = resident_record(
+        session, actor, form.resident_code, form.municipality_code, today, "application_id"
+    )
     due = _express_due(session, application.express_reason, record, today, "express_reason")
     form.used_at = moment
     card = Card(
@@ -434,7 +441,7 @@ def check(
     now: datetime | None = None,
 ) -> Card:
     """審査: 正常 (no code) or 不備 with a reason code from :data:`DEFECT_CODES`."""
-    moment = _now(now)
+    moment = aware_now(now)
     if defect_code is not None and defect_code not in DEFECT_CODES:
         raise CardsError("defect_code", "defect_code", f"must be one of {', '.join(DEFECT_CODES)}")
     card = get_card(session, card_id, lock=True)
@@ -466,7 +473,7 @@ def enqueue(
         kind=kind,
         key=key,
         payload=payload,
-        enqueued_at=_now(now),
+        enqueued_at=aware_now(now),
     )
     session.add(message)
     return message
@@ -485,7 +492,7 @@ def order_production(
     One queue message per card (keyed by card id), so the manufacturer can produce, fail and resume
     card by card; returns the batch (None when nothing was waiting).
     """
-    moment = _now(now)
+    moment = aware_now(now)
     if not isinstance(limit, int) or not 1 <= limit <= MAX_BATCH:
         raise CardsError("limit", "range", f"must be 1–{MAX_BATCH}")
     cards = list(
@@ -525,7 +532,7 @@ def card_face(
     session: Session, actor: Actor, card: Card, *, today: date
 ) -> tuple[ResidentView, dict[str, Any]]:
     """What the manufacturer prints: read from the register (audited) at production time."""
-    record = _resident(session, actor, card.resident_code, card.municipality_code, today, "card_id")
+    record = resident_record(session, actor, card.resident_code, card.municipality_code, today, "card_id")
     return record, {
         "name": f"{record.family_name}　{record.given_name}",
         "address": address_text(record),
@@ -541,11 +548,15 @@ def address_text(record: ResidentView) -> str:
     return f"{text}　{record.katagaki}" if record.katagaki else text
 
 
-def record_produced(session: Session, actor: Actor, card_id: str, *, now: datetime | None = None) -> Card:
-    """製造済み (the manufacturer reports a card made) and, in the same step, its shipping message."""
-    moment = _now(now)
+def record_produced(
+    session: Session, actor: Actor, card_id: str, *, expires_on: date, now: datetime | None = None
+) -> Card:
+    """製造済み: the manufacturer reports a card made (with the expiry printed on it, counted from the
+    production date, the card's 発行日) and, in the same step, queues its shipping to the municipality."""
+    moment = aware_now(now)
     card = get_card(session, card_id, lock=True)
     _transition(session, actor, card, "produce", now=moment)
+    card.expires_on = expires_on
     enqueue(
         session,
         MUNICIPALITY_QUEUE,
@@ -560,14 +571,14 @@ def record_produced(session: Session, actor: Actor, card_id: str, *, now: dateti
 def record_shipped(session: Session, actor: Actor, card_id: str, *, now: datetime | None = None) -> Card:
     """市区町村に到着: the municipality took the card in."""
     card = get_card(session, card_id, lock=True)
-    _transition(session, actor, card, "ship", now=_now(now))
+    _transition(session, actor, card, "ship", now=aware_now(now))
     return card
 
 
 def record_notified(session: Session, actor: Actor, card_id: str, *, now: datetime | None = None) -> Card:
     """交付通知書 sent (the PDF is made by :func:`kiban.cards.documents.issue_notice`)."""
     card = get_card(session, card_id, lock=True)
-    _transition(session, actor, card, "notify", now=_now(now), audit_action="print")
+    _transition(session, actor, card, "notify", now=aware_now(now), audit_action="print")
     return card
 
 
@@ -677,7 +688,7 @@ def hand_over(
     abolished (reason ``replaced``). The software card is changed only after the checks, so a
     refused hand-over leaves it blank.
     """
-    moment = _now(now)
+    moment = aware_now(now)
     today = today_jst(moment)
     check_identity(identity)
     if actor.role != "clerk" or not actor.municipality_code:
@@ -700,12 +711,15 @@ def hand_over(
         raise CardsError("soft", "wrong_card", "the card presented is not this card")
     if any(status.is_set for status in soft.pin_status()):
         raise CardsError("soft", "not_blank", "the card already has PINs; it was handed over before")
-    record = _resident(session, actor, card.resident_code, card.municipality_code, today, "card_id")
+    record = resident_record(session, actor, card.resident_code, card.municipality_code, today, "card_id")
     checked = _check_pins(pins, record, today)
     if record.period_of_stay_end is not None and record.period_of_stay_end <= today:
         raise CardsError("card_id", "stay_ended", "the period of stay has ended")
     card.issued_on = today
-    card.expires_on = card_validity(record.birth_date, today, record.period_of_stay_end)
+    expiry = card.expires_on or card_validity(record.birth_date, today, record.period_of_stay_end)
+    if record.period_of_stay_end is not None:  # the stay may have been shortened since production
+        expiry = min(expiry, record.period_of_stay_end)
+    card.expires_on = expiry
     replaced: list[str] = []
     for old in session.scalars(
         select(Card)
@@ -739,7 +753,7 @@ def reissue_certificates(
 ) -> Card:
     """電子証明書の再発行 at the counter (after a card is found again, or a signature revoked by a move):
     new keys on the card, new certificates; the old ones are already revoked by the CA."""
-    moment = _now(now)
+    moment = aware_now(now)
     today = today_jst(moment)
     check_identity(identity)
     card = get_card(session, card_id, lock=True)
@@ -747,7 +761,7 @@ def reissue_certificates(
         raise CardsError("card_id", "not_active", f"the card is {card.state}", status=409)
     if not isinstance(soft, SoftCard) or soft.card_id != card.card_id:
         raise CardsError("soft", "wrong_card", "the card presented is not this card")
-    record = _resident(session, actor, card.resident_code, card.municipality_code, today, "card_id")
+    record = resident_record(session, actor, card.resident_code, card.municipality_code, today, "card_id")
     try:
         for kind, pin in pins.items():
             soft.verify_pin(kind, pin)  # type: ignore[arg-type]
@@ -772,7 +786,7 @@ def reset_pin(
     now: datetime | None = None,
 ) -> Card:
     """暗証番号の初期化 at the counter: identity checked, then the card resets its own PIN."""
-    moment = _now(now)
+    moment = aware_now(now)
     check_identity(identity)
     card = get_card(session, card_id, lock=True)
     if card.state not in states.ISSUED:
@@ -806,11 +820,12 @@ def suspend(
     A replayed call (same ``request_id``) or a card that is already suspended is refused with 409
     and nothing changes.
     """
-    moment = _now(now)
+    moment = aware_now(now)
     if reason not in SUSPEND_REASONS:
         raise CardsError("reason", "suspend_reason", f"must be one of {', '.join(SUSPEND_REASONS)}")
     rid = _request_id(request_id)
     card = get_card(session, card_id, lock=True)
+    _check_replay(session, rid)
     if card.state == states.SUSPENDED:
         raise CardsError("card_id", "already_suspended", "the card is already suspended", status=409)
     _transition(
@@ -829,7 +844,7 @@ def record_found(
 ) -> Card:
     """発見: the card is usable again; its held certificates are revoked by the CA (never released),
     so the holder gets new ones at the counter (:func:`reissue_certificates`)."""
-    moment = _now(now)
+    moment = aware_now(now)
     rid = _request_id(request_id)
     card = get_card(session, card_id, lock=True)
     _transition(
@@ -848,7 +863,7 @@ def abolish(
         raise CardsError("reason", "abolish_reason", f"must be one of {', '.join(ABOLISH_REASONS)}")
     card = get_card(session, card_id, lock=True)
     state = "returned" if reason == "returned" else "abolished"
-    _transition(session, actor, card, "abolish", now=_now(now), reason=reason, event_state=state)
+    _transition(session, actor, card, "abolish", now=aware_now(now), reason=reason, event_state=state)
     return card
 
 
@@ -856,7 +871,7 @@ def expire_due(
     session: Session, actor: Actor, *, today: date, now: datetime | None = None, limit: int = 10_000
 ) -> list[str]:
     """有効期限切れ: issued cards whose expiry date has passed (a daily job)."""
-    moment = _now(now)
+    moment = aware_now(now)
     cards = list(
         session.scalars(
             select(Card)
@@ -876,7 +891,9 @@ def invalidate(
 ) -> Card:
     """失効 (death, 個人番号の変更): final."""
     card = get_card(session, card_id, lock=True)
-    _transition(session, actor, card, "invalidate", now=_now(now), reason=reason, event_state="invalidated")
+    _transition(
+        session, actor, card, "invalidate", now=aware_now(now), reason=reason, event_state="invalidated"
+    )
     return card
 
 
@@ -885,7 +902,7 @@ def authenticate(
 ) -> bool:
     """利用者証明 as the platform sees it: the card is active and in date, its user-authentication
     certificate is good at the CA, and the signature over the challenge verifies with its key."""
-    moment = _now(now)
+    moment = aware_now(now)
     card = get_card(session, card_id)
     if card.state != states.ACTIVE or card.expires_on is None or card.expires_on < today_jst(moment):
         return False
