@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.testclient import TestClient
 
+from kiban.core.database import make_engine, session_factory
 from kiban.core.dispatch import build_registry
 from kiban.core.events import drain
 from kiban.jpki import ocsp, service
@@ -617,3 +618,42 @@ def test_rsa_responder_keys_work_too(world: World) -> None:
 
     public.verify(resp.signature, resp.tbs_response_bytes, padding.PKCS1v15(), hashes.SHA256())
     assert pkilint_findings(der) == []
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+
+
+def test_cli_ocsp_signer_and_refresh(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from kiban.cli.ca import app
+
+    monkeypatch.setenv("KIBAN_DATABASE_URL", db_url)
+    runner = CliRunner()
+    data = str(tmp_path / "d")
+    assert runner.invoke(app, ["init", "--data", data, "--algorithm", "p256"]).exit_code == 0
+    first = runner.invoke(app, ["ocsp-signer", "--data", data])
+    assert first.exit_code == 0, first.output
+    issuing = ["jpki-auth", "jpki-mobile-auth", "jpki-mobile-sign", "jpki-sign", "lgpki-org"]
+    assert [line.split()[:2] for line in first.output.splitlines()] == [[c, "created"] for c in issuing]
+    again = runner.invoke(app, ["ocsp-signer", "--data", data, "--ca", "jpki-auth"])
+    assert again.exit_code == 0 and again.output.split()[:2] == ["jpki-auth", "kept"]
+    rotated = runner.invoke(app, ["ocsp-signer", "--data", data, "--ca", "jpki-auth", "--rotate"])
+    assert rotated.exit_code == 0 and rotated.output.split()[:2] == ["jpki-auth", "rotated"]
+    factory = session_factory(make_engine(db_url))
+    ks = FileKeyStore(tmp_path / "d" / "keys")
+    with factory.begin() as session:
+        _issue(session, ks, 1, now_utc())
+    refreshed = runner.invoke(app, ["ocsp-refresh", "--data", data])
+    assert refreshed.exit_code == 0, refreshed.output
+    assert "signed 1 failed 0" in refreshed.output
+    assert "signed 0 failed 0" in runner.invoke(app, ["ocsp-refresh", "--data", data]).output
+    assert "signed 1 failed 0" in runner.invoke(app, ["ocsp-refresh", "--data", data, "--all"]).output
+    # CA keys gone: no new signer (exit 1), but responses are still re-signed
+    for path in (tmp_path / "d" / "keys").glob("*.key.pem"):
+        if not path.name.startswith("ocsp-"):
+            path.unlink()
+    failed = runner.invoke(app, ["ocsp-signer", "--data", data, "--ca", "jpki-auth", "--rotate"])
+    assert failed.exit_code == 1 and "ca_key_available" in failed.output
+    still = runner.invoke(app, ["ocsp-refresh", "--data", data, "--all"])
+    assert "signed 1 failed 0" in still.output

@@ -138,3 +138,76 @@ def crl(
         raise typer.Exit(1) from None
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("ocsp-signer")
+def ocsp_signer(
+    data: Path | None = DATA_OPTION,
+    ca_id: list[str] = typer.Option([], "--ca", help="Only this issuing CA (repeatable); default all."),
+    rotate: bool = typer.Option(
+        False, "--rotate", help="Make a new responder key even if the current one is fine."
+    ),
+) -> None:
+    """Delegated OCSP signers: make one per issuing CA, or rotate it 7 days before expiry (or now).
+
+    Needs the CA key (it certifies the responder key); answering OCSP does not. Exit 1 when a CA
+    could not get a signer it needed (its current one, if any, keeps answering until it expires).
+    """
+    from kiban.core.database import transaction, utcnow
+    from kiban.jpki import ocsp
+    from kiban.jpki.keys import KeyStore
+    from kiban.jpki.service import CaError
+
+    factory, keystore = _open(data)
+    assert isinstance(keystore, KeyStore)
+    try:
+        with transaction(factory) as session:
+            outcomes = ocsp.ensure_signers(
+                session, keystore, utcnow().replace(microsecond=0), force=rotate, ca_ids=ca_id
+            )
+    except CaError as error:
+        typer.echo(f"refused: {error}", err=True)
+        raise typer.Exit(1) from None
+    if not outcomes:
+        typer.echo("no issuing CA: run `kiban ca init`", err=True)
+        raise typer.Exit(1)
+    for item in outcomes:
+        until = f"{item.not_after:%Y-%m-%dT%H:%MZ}" if item.not_after else "-"
+        typer.echo(f"{item.ca_id:18} {item.action:8} serial {item.serial or '-'} until {until} {item.detail}")
+    if any(item.action == "failed" for item in outcomes):
+        raise typer.Exit(1)
+
+
+@app.command("ocsp-refresh")
+def ocsp_refresh(
+    data: Path | None = DATA_OPTION,
+    ca_id: list[str] = typer.Option([], "--ca", help="Only this issuing CA (repeatable); default all."),
+    everything: bool = typer.Option(False, "--all", help="Re-sign every response, due or not."),
+) -> None:
+    """Pre-sign OCSP responses: new certificates, changed statuses, and those near nextUpdate.
+
+    `kiban serve` does this every 10 minutes; run it from cron where no server does. Exit 1 when
+    a response could not be signed (it is then a tombstone: the responder signs on demand or
+    answers tryLater, never a stale status).
+    """
+    from kiban.core.database import transaction, utcnow
+    from kiban.jpki import ocsp
+    from kiban.jpki.keys import KeyStore
+    from kiban.jpki.service import CaError
+
+    factory, keystore = _open(data)
+    assert isinstance(keystore, KeyStore)
+    ahead = ocsp.RESPONSE_VALIDITY + ocsp.RESPONSE_VALIDITY if everything else ocsp.REFRESH_AHEAD
+    try:
+        with transaction(factory) as session:
+            stats = ocsp.refresh_responses(
+                session, keystore, utcnow().replace(microsecond=0), ahead=ahead, ca_ids=ca_id
+            )
+    except CaError as error:
+        typer.echo(f"refused: {error}", err=True)
+        raise typer.Exit(1) from None
+    for item in stats.signers:
+        typer.echo(f"{item.ca_id:18} signer {item.action:8} serial {item.serial or '-'} {item.detail}")
+    typer.echo(f"signed {stats.signed} failed {stats.failed}")
+    if stats.failed:
+        raise typer.Exit(1)
