@@ -25,7 +25,10 @@ import importlib
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+import uuid
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import nats
@@ -108,11 +111,15 @@ async def publish_pending(
     subject_prefix: str = DEFAULT_SUBJECT_PREFIX,
     limit: int = 500,
     timeout: float = 5.0,
+    types: Collection[str] | None = None,
+    subject: Callable[[DomainEvent], str] | None = None,
 ) -> int:
     """Publish up to ``limit`` unpublished outbox rows in order; returns how many JetStream stored.
 
     Stops at the first failed publish (so that a key's events never overtake each other) after
-    marking what was acknowledged, then re-raises.
+    marking what was acknowledged, then re-raises. ``types`` limits the relay to those event types
+    (the others stay unpublished: they are not for this stream); ``subject`` names each event's
+    subject instead of ``<subject_prefix>.<type>`` (e.g. a token for the destination).
     """
     published: list[int] = []
     failure: BaseException | None = None
@@ -123,17 +130,15 @@ async def publish_pending(
             select(func.pg_try_advisory_xact_lock(RELAY_LOCK_ID))
         ):
             return 0
-        rows = session.scalars(
-            select(OutboxEvent)
-            .where(OutboxEvent.published_at.is_(None))
-            .order_by(OutboxEvent.seq)
-            .limit(limit)
-        ).all()
+        query = select(OutboxEvent).where(OutboxEvent.published_at.is_(None))
+        if types is not None:
+            query = query.where(OutboxEvent.type.in_(sorted(types)))
+        rows = session.scalars(query.order_by(OutboxEvent.seq).limit(limit)).all()
         for row in rows:
             event = row_to_event(row)
             try:
                 ack = await js.publish(
-                    subject_for(subject_prefix, event.type),
+                    subject(event) if subject is not None else subject_for(subject_prefix, event.type),
                     event.to_json(),
                     timeout=timeout,
                     stream=stream,
@@ -175,10 +180,16 @@ async def run_relay(
     once: bool = False,
     create_stream: bool = True,
     stop: asyncio.Event | None = None,
+    types: Collection[str] | None = None,
+    subject: Callable[[DomainEvent], str] | None = None,
+    name: str = "kiban-relay",
 ) -> int:
-    """Relay the outbox until ``stop`` is set (or, with ``once``, until it is empty)."""
+    """Relay the outbox until ``stop`` is set (or, with ``once``, until it is empty).
+
+    ``types`` and ``subject``: see :func:`publish_pending`.
+    """
     stop = stop or asyncio.Event()
-    nc = await nats.connect(nats_url, name="kiban-relay")
+    nc = await nats.connect(nats_url, name=name)
     total = 0
     try:
         js = nc.jetstream()
@@ -187,7 +198,13 @@ async def run_relay(
         while not stop.is_set():
             try:
                 sent = await publish_pending(
-                    factory, js, stream=stream, subject_prefix=subject_prefix, limit=batch
+                    factory,
+                    js,
+                    stream=stream,
+                    subject_prefix=subject_prefix,
+                    limit=batch,
+                    types=types,
+                    subject=subject,
                 )
             except (TimeoutError, nats.errors.Error) as exc:
                 log.warning("relay: publish failed, will retry: %s", exc)
@@ -373,6 +390,68 @@ async def run_consumer(
     finally:
         await nc.close()
     return acked
+
+
+# --- backlog ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Messages on ``filter_subject`` that the durable has not acknowledged yet."""
+
+    filter_subject: str
+    pending: int  # after the durable's ack floor: undelivered or delivered and not acknowledged
+    oldest: datetime | None  # when the oldest of them was stored (None when there is none)
+
+
+async def ack_floor(js: JetStreamContext, stream: str, durable: str) -> int:
+    """The stream sequence up to which ``durable`` has acknowledged everything (0: nothing, or no durable)."""
+    try:
+        info = await js.consumer_info(stream, durable)
+    except nats.js.errors.NotFoundError:
+        return 0
+    return info.ack_floor.stream_seq if info.ack_floor else 0
+
+
+async def backlog(
+    js: JetStreamContext, stream: str, durable: str, filter_subjects: Sequence[str]
+) -> list[Backlog]:
+    """Per filter subject: how many messages ``durable`` has not acknowledged, and the oldest's age.
+
+    A short-lived consumer per filter starts right after the durable's ack floor; its
+    ``num_pending`` is the count, and its first message's metadata is the oldest one's time. The
+    durable itself is only read, never moved. Three or four requests per filter: meant for a scrape
+    every few seconds over tens or hundreds of filters, not thousands.
+    """
+    start = await ack_floor(js, stream, durable) + 1
+    out: list[Backlog] = []
+    for filter_subject in filter_subjects:
+        name = f"backlog-{uuid.uuid4().hex[:16]}"
+        config = ConsumerConfig(
+            name=name,
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=start,
+            filter_subject=filter_subject,
+            headers_only=True,
+            mem_storage=True,
+            inactive_threshold=30.0,  # gone by itself if we die before deleting it
+        )
+        info = await js.add_consumer(stream, config)
+        oldest: datetime | None = None
+        try:
+            pending = int(info.num_pending or 0)
+            if pending:
+                sub = await js.pull_subscribe_bind(durable=name, stream=stream)
+                with contextlib.suppress(TimeoutError):
+                    [first] = await sub.fetch(1, timeout=2.0)
+                    oldest = first.metadata.timestamp
+                await sub.unsubscribe()
+        finally:
+            with contextlib.suppress(nats.errors.Error):
+                await js.delete_consumer(stream, name)
+        out.append(Backlog(filter_subject, pending, oldest))
+    return out
 
 
 # --- command line --------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from importlib import resources
@@ -371,11 +371,17 @@ def _basic(row: Any) -> dict[str, Any] | None:
     }
 
 
-def apply_identity_change(session: Session, event: DomainEvent) -> str:
+# Gives the 個人番号 of an active person the message brings without one (the national role's
+# numbering, in distributed mode; see kiban.network.distributed).
+Numberer = Callable[[Session, "IdentityChange"], str | None]
+
+
+def apply_identity_change(session: Session, event: DomainEvent, *, numberer: Numberer | None = None) -> str:
     """Handler of ``register.identity_changed``: apply to both copies, or quarantine.
 
     Returns what happened: ``applied``, ``duplicate`` (this event is already in the copy) or
     ``quarantined``. Never raises for a bad message, so a bad message cannot block its key.
+    With ``numberer``, an active person without a 個人番号 gets one in the same version (付番).
     """
     try:
         change = parse_change(event)
@@ -409,6 +415,8 @@ def apply_identity_change(session: Session, event: DomainEvent) -> str:
     # The national role numbers people: a message without the number does not erase it.
     if values["individual_number"] is None and current is not None:
         values["individual_number"] = current.individual_number
+    if values["individual_number"] is None and change.status == "active" and numberer is not None:
+        values["individual_number"] = numberer(session, change)
     values.update(
         resident_code=change.resident_code,
         prefecture_code=change.prefecture_code,

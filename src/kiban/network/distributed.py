@@ -1,0 +1,516 @@
+"""Distributed mode of the identity network (住基ネット): municipal and national nodes over JetStream.
+
+Two roles, each a process with its own database, linked by one JetStream stream (default
+``KIBAN_NET`` on ``kibannet.>``):
+
+- **Municipal node** (市町村の既存住基システム + CS): the register and its numbering store of
+  住民票コード, as in the embedded mode. It relays *only* the 本人確認情報 events of its outbox,
+  :data:`UP_TYPES` (``register.identity_changed``, ``register.restriction_changed``), to
+  ``<prefix>.up.<municipality>.<type>``; everything else stays in the municipality. It consumes
+  ``<prefix>.down.<municipality>.>`` (one durable ``municipal-<code>`` per municipality it hosts):
+  the 個人番号 the national role assigned (``numbering.number_assigned`` / ``…_reissued``).
+- **National node** (地方公共団体情報システム機構): the prefectural and national copies, the copy of
+  the DV等支援措置 and the 個人番号 (kiban.numbering with the number key, which never leaves this
+  node). It consumes ``<prefix>.up.>`` with one durable (``national``), strictly in stream order,
+  which is each 住民票コード's order; it relays :data:`DOWN_TYPES` to
+  ``<prefix>.down.<municipality of the person>.<type>``, so a number reaches only its municipality.
+
+Both run the outbox relay and the durable consumer of :mod:`kiban.core.nats_bus` (exactly-once
+effects through the inbox, rewind to the ack floor after a crash) plus an in-process delivery of
+their own outbox to the handlers that live on the node. Design notes: docs/network.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import nats
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from kiban.core.dispatch import build_registry, handler_modules
+from kiban.core.events import DomainEvent, Registry, drain
+from kiban.core.models.events import OutboxEvent
+from kiban.core.nats_bus import Backlog, backlog, ensure_stream, run_consumer, run_relay
+from kiban.network.handlers import copy_restrictions
+from kiban.network.service import (
+    IDENTITY_CHANGED_IN,
+    RESTRICTION_CHANGED_IN,
+    IdentityChange,
+    apply_identity_change,
+)
+from kiban.numbering import service as numbering
+from kiban.numbering.notices import NUMBER_ASSIGNED, NUMBER_REISSUED, notify_assigned
+from kiban.numbering.service import NumberCipher, NumberingError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STREAM = "KIBAN_NET"
+DEFAULT_PREFIX = "kibannet"
+NATIONAL_DURABLE = "national"
+# What leaves the municipality (本人確認情報 and the support measures), and what comes back.
+UP_TYPES = (IDENTITY_CHANGED_IN, RESTRICTION_CHANGED_IN)
+DOWN_TYPES = (NUMBER_ASSIGNED, NUMBER_REISSUED)
+UNKNOWN = "unknown"  # subject token of a message naming no valid municipality (the national quarantines it)
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
+_MUNICIPALITY_RE = re.compile(r"^[0-9]{6}$")
+# Rows read to count a municipality's unpublished events (an outage's backlog is bounded by this).
+UNPUBLISHED_SCAN_LIMIT = 200_000
+
+
+def check_prefix(prefix: str) -> str:
+    """A subject prefix is one lower-case token (the role and the municipality come after it)."""
+    if not _PREFIX_RE.match(prefix):
+        raise ValueError(f"subject prefix {prefix!r}: one token of a-z, 0-9, _ or - (rule: subject_token)")
+    return prefix
+
+
+def municipality_of(event: DomainEvent) -> str:
+    """The municipality token of an event's subject: the payload's 6-digit code, else ``unknown``."""
+    code = event.payload.get("municipality_code")
+    return code if isinstance(code, str) and _MUNICIPALITY_RE.match(code) else UNKNOWN
+
+
+def up_subject(prefix: str) -> Callable[[DomainEvent], str]:
+    """Municipality → national: ``<prefix>.up.<municipality>.<type>``."""
+    return lambda event: f"{prefix}.up.{municipality_of(event)}.{event.type}"
+
+
+def down_subject(prefix: str) -> Callable[[DomainEvent], str]:
+    """National → the person's municipality: ``<prefix>.down.<municipality>.<type>``."""
+    return lambda event: f"{prefix}.down.{municipality_of(event)}.{event.type}"
+
+
+def municipal_durable(municipality_code: str) -> str:
+    return f"municipal-{municipality_code}"
+
+
+# --- numbering on the national node ---------------------------------------------------------------
+
+
+class _OneCode:
+    """A code generator that yields one given code: the national store records a code it did not draw."""
+
+    def __init__(self, code: str) -> None:
+        self._code: str | None = code
+
+    def generate(self) -> str:
+        if self._code is None:
+            raise NumberingError("resident_code", "taken", "the code is already in the national store")
+        code, self._code = self._code, None
+        return code
+
+
+class NationalNumbering:
+    """付番 on the national node: an active person arriving without a 個人番号 gets one, once.
+
+    The 住民票コード is recorded in the national numbering store on first sight (a 住民票コード変更
+    links it to the previous code, so the number follows the person); the number is assigned by
+    :func:`kiban.numbering.service.assign_individual_number` and the municipality is notified with
+    ``numbering.number_assigned`` in the same transaction as the copy's new version.
+    """
+
+    def __init__(self, cipher: NumberCipher) -> None:
+        self._cipher = cipher
+
+    def __call__(self, session: Session, change: IdentityChange) -> str | None:
+        code = change.resident_code
+        try:
+            known = numbering.active_number(session, code)
+        except NumberingError as exc:
+            if exc.rule == "retired":
+                return None  # a retired code is not numbered again; the copy keeps what it has
+            if exc.rule != "not_issued":
+                raise
+            self._learn(session, change)
+            known = numbering.active_number(session, code)
+        if known is not None:
+            return known  # already assigned (its notice is on its way) or kept across a code change
+        number = numbering.assign_individual_number(session, code, self._cipher)
+        notify_assigned(session, {code: number}, {code: change.municipality_code})
+        return number
+
+    def _learn(self, session: Session, change: IdentityChange) -> None:
+        previous = change.previous_resident_code
+        if previous is not None:
+            with contextlib.suppress(NumberingError):
+                numbering.reissue_resident_code(
+                    session, previous, "住民票コード変更", _OneCode(change.resident_code)
+                )
+                return
+        numbering.issue_resident_codes(session, 1, _OneCode(change.resident_code))
+
+
+# --- registries -----------------------------------------------------------------------------------
+
+
+def national_registry(cipher: NumberCipher | None) -> Registry:
+    """What the national node applies from the stream: the copies (numbering when a key is given)."""
+    numberer = NationalNumbering(cipher) if cipher is not None else None
+
+    def replicate(session: Session, event: DomainEvent) -> None:
+        apply_identity_change(session, event, numberer=numberer)
+
+    registry = Registry()
+    registry.add(IDENTITY_CHANGED_IN, "network.replicate", replicate)
+    registry.add(RESTRICTION_CHANGED_IN, "network.copy_restrictions", copy_restrictions)
+    return registry
+
+
+def municipal_registry() -> Registry:
+    """What the municipal node applies from the stream: the 個人番号 notices (written on the 住民票)."""
+    from kiban.register.handlers import NUMBER_EVENTS, apply_individual_number
+
+    registry = Registry()
+    for event_type in NUMBER_EVENTS:
+        registry.add(event_type, "register.apply_individual_number", apply_individual_number)
+    return registry
+
+
+def local_registry(role: str) -> Registry:
+    """Handlers of the node's own outbox: the national node runs the network's, a municipality the rest."""
+    network = "kiban.network.handlers"
+    modules = [network] if role == "national" else [m for m in handler_modules() if m != network]
+    return build_registry(modules)
+
+
+# --- the nodes ------------------------------------------------------------------------------------
+
+
+async def _deliver_locally(
+    factory: sessionmaker[Session], registry: Registry, stop: asyncio.Event, interval: float
+) -> None:
+    while not stop.is_set():
+        try:
+            delivered = await asyncio.to_thread(drain, factory, registry)
+        except Exception:  # a database blip must not stop delivery for good
+            log.exception("local delivery round failed; retrying")
+            delivered = 0
+        if not delivered:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+async def _prepare_stream(nats_url: str, stream: str, prefix: str) -> None:
+    nc = await nats.connect(nats_url, name="kiban-network-setup")
+    try:
+        await ensure_stream(nc.jetstream(), stream, prefix)
+    finally:
+        await nc.close()
+
+
+async def _until_stopped(tasks: list[asyncio.Task[Any]], stop: asyncio.Event) -> None:
+    """Run the node's loops; the first one to fail stops the others and is re-raised."""
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def run_national(
+    factory: sessionmaker[Session],
+    nats_url: str,
+    *,
+    cipher: NumberCipher | None,
+    stream: str = DEFAULT_STREAM,
+    prefix: str = DEFAULT_PREFIX,
+    durable: str = NATIONAL_DURABLE,
+    batch: int = 100,
+    ack_wait: float = 30.0,
+    deliver_local: bool = True,
+    interval: float = 0.2,
+    metrics_port: int | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """The national node: apply ``<prefix>.up.>``, relay the numbers down, deliver its own outbox.
+
+    With ``metrics_port``, ``/metrics`` there shows the lag of applied changes and the backlog
+    per municipality (:class:`BacklogCollector`, :class:`~kiban.network.service.ReplicationCollector`).
+    """
+    check_prefix(prefix)
+    stop = stop or asyncio.Event()
+    await _prepare_stream(nats_url, stream, prefix)
+    tasks: list[asyncio.Task[Any]] = [
+        asyncio.create_task(
+            run_consumer(
+                factory,
+                national_registry(cipher),
+                nats_url,
+                stream,
+                durable,
+                subject_prefix=f"{prefix}.up",
+                batch=batch,
+                ack_wait=ack_wait,
+                stop=stop,
+            )
+        ),
+        asyncio.create_task(
+            run_relay(
+                factory,
+                nats_url,
+                stream=stream,
+                subject_prefix=prefix,
+                types=DOWN_TYPES,
+                subject=down_subject(prefix),
+                interval=interval,
+                create_stream=False,
+                stop=stop,
+                name="kiban-national-relay",
+            )
+        ),
+    ]
+    if deliver_local:
+        tasks.append(
+            asyncio.create_task(_deliver_locally(factory, local_registry("national"), stop, interval))
+        )
+    if metrics_port is not None:
+        from kiban.network.service import ReplicationCollector
+
+        collector = BacklogCollector()
+        _serve_metrics(metrics_port, [collector, ReplicationCollector(factory)])
+        refresh = collector.refresh(nats_url, stop, stream=stream, prefix=prefix, durable=durable)
+        tasks.append(asyncio.create_task(refresh))
+    await _until_stopped(tasks, stop)
+
+
+async def run_municipal(
+    factory: sessionmaker[Session],
+    nats_url: str,
+    municipalities: Sequence[str],
+    *,
+    stream: str = DEFAULT_STREAM,
+    prefix: str = DEFAULT_PREFIX,
+    batch: int = 500,
+    deliver_local: bool = True,
+    interval: float = 0.2,
+    metrics_port: int | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """A municipal node hosting ``municipalities``: relay 本人確認情報 up, apply the numbers that come down.
+
+    With ``metrics_port``: the outbox backlog and the down backlog per municipality.
+    """
+    check_prefix(prefix)
+    codes = [c for c in municipalities if _MUNICIPALITY_RE.match(c)]
+    if not codes or len(codes) != len(municipalities):
+        raise ValueError(f"municipalities {list(municipalities)}: 6-digit codes (rule: municipality_code)")
+    stop = stop or asyncio.Event()
+    await _prepare_stream(nats_url, stream, prefix)
+    tasks: list[asyncio.Task[Any]] = [
+        asyncio.create_task(
+            run_relay(
+                factory,
+                nats_url,
+                stream=stream,
+                subject_prefix=prefix,
+                batch=batch,
+                types=UP_TYPES,
+                subject=up_subject(prefix),
+                interval=interval,
+                create_stream=False,
+                stop=stop,
+                name="kiban-municipal-relay",
+            )
+        )
+    ]
+    registry = municipal_registry()
+    for code in codes:
+        tasks.append(
+            asyncio.create_task(
+                run_consumer(
+                    factory,
+                    registry,
+                    nats_url,
+                    stream,
+                    municipal_durable(code),
+                    subject_prefix=f"{prefix}.down.{code}",
+                    stop=stop,
+                )
+            )
+        )
+    if deliver_local:
+        tasks.append(
+            asyncio.create_task(_deliver_locally(factory, local_registry("municipal"), stop, interval))
+        )
+    if metrics_port is not None:
+        collector = BacklogCollector(factory)
+        _serve_metrics(metrics_port, [collector])
+        refresh = collector.refresh(
+            nats_url, stop, stream=stream, prefix=prefix, municipalities=codes, direction="down"
+        )
+        tasks.append(asyncio.create_task(refresh))
+    await _until_stopped(tasks, stop)
+
+
+def _serve_metrics(port: int, collectors: Sequence[Any]) -> None:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry()
+    for collector in collectors:
+        registry.register(collector)
+    start_http_server(port, addr="127.0.0.1", registry=registry)
+
+
+# --- backlog and lag (metrics, operator screen) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MunicipalBacklog:
+    """One municipality's messages in the stream not yet acknowledged by the consuming node."""
+
+    municipality_code: str
+    direction: str  # "up" (to the national node) or "down" (to the municipality)
+    pending: int
+    oldest_age: timedelta | None  # how long the oldest of them has waited (None: nothing waits)
+
+
+async def _stream_municipalities(js: Any, stream: str, prefix: str, direction: str) -> list[str]:
+    info = await js.stream_info(stream, subjects_filter=f"{prefix}.{direction}.>")
+    subjects = info.state.subjects or {}
+    return sorted({subject.split(".")[2] for subject in subjects})
+
+
+async def fetch_backlog(
+    nats_url: str,
+    *,
+    stream: str = DEFAULT_STREAM,
+    prefix: str = DEFAULT_PREFIX,
+    durable: str = NATIONAL_DURABLE,
+    municipalities: Sequence[str] | None = None,
+    direction: str = "up",
+) -> list[MunicipalBacklog]:
+    """Per municipality: messages the consuming node has not acknowledged, and the oldest one's age.
+
+    ``up``: what the national node (durable ``durable``) still has to apply from each municipality;
+    ``down``: what each municipality's node still has to apply (its ``municipal-<code>`` durable).
+    ``municipalities`` defaults to every municipality with messages in the stream.
+    """
+    check_prefix(prefix)
+    nc = await nats.connect(nats_url, name="kiban-network-backlog")
+    try:
+        js = nc.jetstream()
+        codes = list(municipalities or await _stream_municipalities(js, stream, prefix, direction))
+        now = datetime.now(UTC)
+        out: list[MunicipalBacklog] = []
+        if direction == "up":
+            found = await backlog(js, stream, durable, [f"{prefix}.up.{code}.>" for code in codes])
+            pairs: list[tuple[str, Backlog]] = list(zip(codes, found, strict=True))
+        else:
+            pairs = []
+            for code in codes:
+                [one] = await backlog(js, stream, municipal_durable(code), [f"{prefix}.down.{code}.>"])
+                pairs.append((code, one))
+        for code, b in pairs:
+            age = max(now - b.oldest, timedelta(0)) if b.oldest is not None else None
+            out.append(MunicipalBacklog(code, direction, b.pending, age))
+        return out
+    finally:
+        await nc.close()
+
+
+def backlog_report(nats_url: str, **kwargs: Any) -> list[MunicipalBacklog]:
+    """:func:`fetch_backlog` for synchronous callers (an operator screen, the CLI)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(fetch_backlog(nats_url, **kwargs))
+    # Called from inside an event loop (an async web handler): run it on a loop of its own.
+    result: list[list[MunicipalBacklog]] = []
+
+    def target() -> None:
+        result.append(asyncio.run(fetch_backlog(nats_url, **kwargs)))
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    thread.join()
+    return result[0] if result else []
+
+
+def unpublished_by_municipality(session: Session, *, limit: int = UNPUBLISHED_SCAN_LIMIT) -> dict[str, int]:
+    """Per municipality: 本人確認情報 events in this node's outbox not yet in the stream (relay backlog)."""
+    counts: dict[str, int] = {}
+    rows = session.execute(
+        select(OutboxEvent.payload)
+        .where(OutboxEvent.published_at.is_(None), OutboxEvent.type.in_(UP_TYPES))
+        .order_by(OutboxEvent.seq)
+        .limit(limit)
+    )
+    for (payload,) in rows:
+        code = payload.get("municipality_code") if isinstance(payload, dict) else None
+        key = code if isinstance(code, str) and _MUNICIPALITY_RE.match(code) else UNKNOWN
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+class BacklogCollector:
+    """Prometheus gauges of distributed replication, per municipality.
+
+    - ``kiban_network_backlog_messages{municipality,direction}``: in the stream, not yet
+      acknowledged by the consuming node (``up``: national; ``down``: the municipality);
+    - ``kiban_network_backlog_oldest_seconds{municipality,direction}``: how long the oldest waits;
+    - ``kiban_network_unpublished_events{municipality}`` (municipal node, with ``factory``): in the
+      outbox, not yet in the stream.
+
+    The NATS figures are a snapshot that :meth:`refresh` (an async loop on the node) renews; a
+    scrape never waits on NATS. The lag of applied changes: ``service.ReplicationCollector``.
+    """
+
+    def __init__(self, factory: sessionmaker[Session] | None = None) -> None:
+        self._factory = factory
+        self.snapshot: list[MunicipalBacklog] = []
+
+    async def refresh(self, nats_url: str, stop: asyncio.Event, every: float = 5.0, **kwargs: Any) -> None:
+        while not stop.is_set():
+            try:
+                self.snapshot = await fetch_backlog(nats_url, **kwargs)
+            except Exception as exc:  # NATS away: keep the last snapshot, say so in the log
+                log.warning("backlog refresh failed: %s", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        pending = GaugeMetricFamily(
+            "kiban_network_backlog_messages",
+            "Messages in the stream not yet acknowledged by the consuming node, per municipality.",
+            labels=["municipality", "direction"],
+        )
+        oldest = GaugeMetricFamily(
+            "kiban_network_backlog_oldest_seconds",
+            "Age of the oldest unacknowledged message, per municipality (0 when none waits).",
+            labels=["municipality", "direction"],
+        )
+        for b in self.snapshot:
+            labels = [b.municipality_code, b.direction]
+            pending.add_metric(labels, b.pending)
+            oldest.add_metric(labels, b.oldest_age.total_seconds() if b.oldest_age else 0.0)
+        yield pending
+        yield oldest
+        if self._factory is not None:
+            unpublished = GaugeMetricFamily(
+                "kiban_network_unpublished_events",
+                "本人確認情報 events in the municipal outbox not yet in the stream, per municipality.",
+                labels=["municipality"],
+            )
+            try:
+                with self._factory() as session:
+                    counts = unpublished_by_municipality(session)
+            except Exception:
+                log.warning("outbox backlog unavailable for /metrics")
+                counts = {}
+            for code, n in sorted(counts.items()):
+                unpublished.add_metric([code], n)
+            yield unpublished

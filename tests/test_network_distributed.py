@@ -1,0 +1,634 @@
+"""Distributed mode (issue 4 item 1): municipal and national nodes as processes linked by NATS JetStream.
+
+The municipal node (its own database: the register) relays the 本人確認情報 events; the national
+node (its own database: the copies, the DV measures, the 個人番号) applies them and sends the numbers
+it assigns back down. A few thousand register changes stream through; the national process is
+SIGKILLed mid-stream and restarted; both copies then hold exactly the municipal register's changes
+(each once, in order per 住民票コード). Malformed and out-of-order messages published straight to the
+subject end in quarantine with a reason.
+
+Needs NATS on 127.0.0.1:4222 (``KIBAN_TEST_NATS_URL``): fails under ``CI``, skips otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from kiban.core.database import import_all_models, make_engine, session_factory, upgrade
+from kiban.core.events import DomainEvent, row_to_event
+from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
+from kiban.core.models.events import EventFailure, InboxEntry, OutboxEvent
+from kiban.core.nats_bus import consumer_handler_name
+from kiban.network.distributed import UP_TYPES, fetch_backlog
+from kiban.network.models import (
+    NationalIdentity,
+    PrefecturalIdentity,
+    QuarantinedMessage,
+    RestrictionCopy,
+    RestrictionSet,
+)
+from kiban.numbering import service as numbering
+from kiban.numbering.models import IndividualNumber
+from kiban.register import service
+from kiban.register.loader import load_population
+from kiban.register.models import Resident, Restriction
+from kiban.register.population import generate_population
+from kiban.register.schemas import (
+    Actor,
+    Address,
+    LiftRestriction,
+    NameChange,
+    Relocation,
+    SetRestriction,
+    Target,
+)
+
+pytestmark = [pytest.mark.nats, pytest.mark.slow]
+
+NATS_URL = os.environ.get("KIBAN_TEST_NATS_URL", "nats://127.0.0.1:4222")
+SRC = Path(__file__).parent.parent / "src"
+PG_URL = os.environ.get("KIBAN_TEST_DATABASE_URL", "")
+A = "131016"  # 千代田区 (東京都)
+B = "212016"  # 岐阜市 (岐阜県)
+TODAY = date(2026, 11, 25)
+MUNICIPAL_CIPHER = IndividualNumberCipher(bytes(range(32)))  # numbers the register already had
+FAMILY_NAMES = [("佐藤", "サトウ"), ("鈴木", "スズキ"), ("髙橋", "タカハシ"), ("伊藤", "イトウ")]
+TOWNS = {A: ["丸の内", "神田神保町", "麹町"], B: ["長良", "加納", "柳津町"]}
+
+
+# --- infrastructure ---------------------------------------------------------------------------------
+
+
+async def _reachable(url: str) -> bool:
+    async def quiet(_exc: Exception) -> None:
+        pass
+
+    try:
+        nc = await asyncio.wait_for(
+            nats.connect(url, connect_timeout=1, allow_reconnect=False, error_cb=quiet), timeout=2
+        )
+    except Exception:
+        return False
+    await nc.close()
+    return True
+
+
+@pytest.fixture
+def net() -> Iterator[tuple[str, str]]:
+    """A stream and subject prefix of this test's own (deleted afterwards)."""
+    if not asyncio.run(_reachable(NATS_URL)):
+        message = f"NATS JetStream is not reachable at {NATS_URL}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    tag = uuid.uuid4().hex[:10]
+    yield f"KIBAN_NET_TEST_{tag}", f"kn{tag}"
+
+    async def delete() -> None:
+        nc = await nats.connect(NATS_URL)
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await nc.jetstream().delete_stream(f"KIBAN_NET_TEST_{tag}")
+        await nc.close()
+
+    asyncio.run(delete())
+
+
+@pytest.fixture(scope="session")
+def national_template(migrated_template: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The national node's database: a second migrated SQLite file or PostgreSQL schema.
+
+    (Beside the municipal one, ``migrated_template``: which also keeps these tests in the PG run.)
+    """
+    if PG_URL.startswith("postgresql"):
+        schema = f"kn_{uuid.uuid4().hex[:12]}"
+        admin = make_engine(PG_URL)
+        with admin.begin() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        parsed = make_url(PG_URL)
+        url = parsed.set(query={**parsed.query, "options": f"-csearch_path={schema}"}).render_as_string(
+            hide_password=False
+        )
+        upgrade(url)
+        yield url
+        with admin.begin() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+    else:
+        path = tmp_path_factory.mktemp("national") / "national.sqlite"
+        url = f"sqlite:///{path}"
+        upgrade(url)
+        yield url
+
+
+@pytest.fixture
+def national_url(national_template: str, tmp_path: Path) -> str:
+    if national_template.startswith("postgresql"):
+        engine = make_engine(national_template)
+        present = set(inspect(engine).get_table_names())
+        names = ", ".join(f'"{t.name}"' for t in import_all_models().sorted_tables if t.name in present)
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        engine.dispose()
+        return national_template
+    target = tmp_path / "national.sqlite"
+    shutil.copyfile(make_url(national_template).database or "", target)
+    return f"sqlite:///{target}"
+
+
+@pytest.fixture
+def national(national_url: str) -> Iterator[sessionmaker[Session]]:
+    engine = make_engine(national_url)
+    yield session_factory(engine)
+    engine.dispose()
+
+
+class Node:
+    """``python -m kiban.cli.network <role> …`` as a subprocess, its log kept for failure messages."""
+
+    def __init__(self, tmp_path: Path, label: str, args: list[str]) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(SRC), env.get("PYTHONPATH", "")])
+        env["KIBAN_DATA_DIR"] = str(tmp_path / "data")
+        self.label = label
+        self.log_path = tmp_path / f"{label}.log"
+        self._log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kiban.cli.network", *args], env=env, stdout=self._log, stderr=self._log
+        )
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=20)
+        self._log.close()
+        return code
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+def _wait_for(
+    condition: Callable[[], bool], timeout: float, what: str, nodes: list[Node], poll: float = 0.1
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        for node in nodes:
+            if node.proc.poll() is not None and node.proc.returncode not in (0, -signal.SIGKILL):
+                raise AssertionError(f"{node.label} exited {node.proc.returncode}:\n{node.log()}")
+        time.sleep(poll)
+    logs = "\n".join(f"--- {n.label}\n{n.log()}" for n in nodes)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{logs}")
+
+
+def _count(factory: sessionmaker[Session], model: Any, *where: Any) -> int:
+    with factory() as s:
+        return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --- the municipal register -------------------------------------------------------------------------
+
+
+def _world(engine: Any, factory: sessionmaker[Session], residents: int) -> tuple[list[str], set[str]]:
+    """Residents of 千代田区 and 岐阜市; every 12th has no 個人番号 yet (the national role will give it)."""
+    households = list(generate_population([A, B], residents, seed=21, as_of=date(2025, 4, 1)))
+    with factory.begin() as s:
+        codes = numbering.issue_resident_codes(s, residents, ResidentCodeGenerator(random.Random(21)))
+        unnumbered = set(codes[::12])
+        numbers = numbering.assign_individual_numbers_bulk(
+            s, [c for c in codes if c not in unnumbered], MUNICIPAL_CIPHER
+        )
+    load_population(engine, households, iter(codes), numbers.get)
+    return codes, unnumbered
+
+
+def _households(factory: sessionmaker[Session]) -> dict[str, dict[Any, list[str]]]:
+    out: dict[str, dict[Any, list[str]]] = {A: {}, B: {}}
+    with factory() as s:
+        for municipality, hid, code in s.execute(
+            select(Resident.municipality_code, Resident.household_id, Resident.resident_code).where(
+                Resident.status == "active"
+            )
+        ):
+            out[municipality].setdefault(hid, []).append(code)
+    return out
+
+
+def _changes(
+    households: dict[Any, list[str]], municipality: str, n: int, rng: random.Random, first: list[str]
+) -> list[NameChange | Relocation]:
+    """``n`` register changes (氏名変更, whole-household 転居), starting with name changes of ``first``."""
+    keys = list(households)
+    commands: list[NameChange | Relocation] = []
+    for i in range(n):
+        day = TODAY - timedelta(days=rng.randrange(1, 300))
+        dates: dict[str, Any] = {
+            "notified_on": day,
+            "effective_on": day - timedelta(days=rng.randrange(0, 14)),
+        }
+        if i < len(first) or i % 2 == 0:
+            family, kana = rng.choice(FAMILY_NAMES)
+            code = first[i] if i < len(first) else rng.choice(households[rng.choice(keys)])
+            commands.append(
+                NameChange(
+                    **dates,
+                    target=Target(resident_code=code),
+                    family_name=family,
+                    family_name_kana=kana,
+                    keep_old_family_name=rng.random() < 0.5,
+                    reason="婚姻",
+                )
+            )
+        else:
+            members = households[rng.choice(keys)]
+            commands.append(
+                Relocation(
+                    **dates,
+                    targets=[Target(resident_code=code) for code in members],
+                    address=Address(
+                        town=rng.choice(TOWNS[municipality]),
+                        banchi=f"{rng.randrange(1, 30)}-{rng.randrange(1, 20)}",
+                    ),
+                )
+            )
+    return commands
+
+
+def _apply_round(
+    factory: sessionmaker[Session],
+    households: dict[str, dict[Any, list[str]]],
+    per_municipality: int,
+    rng: random.Random,
+    first: dict[str, list[str]],
+) -> None:
+    for municipality in (A, B):
+        commands = _changes(
+            households[municipality], municipality, per_municipality, rng, first[municipality]
+        )
+        with factory.begin() as s:
+            service.apply_batch(
+                s,
+                Actor(username=f"clerk-{municipality}", municipality_code=municipality),
+                commands,
+                today=TODAY,
+            )
+
+
+def _restrict(factory: sessionmaker[Session], code: str, municipality: str, *, lift: bool = False) -> None:
+    clerk = Actor(username=f"clerk-{municipality}", municipality_code=municipality)
+    with factory.begin() as s:
+        if lift:
+            service.lift_restriction(
+                s, clerk, LiftRestriction(resident_code=code, reason="終了", lifted_on=TODAY), today=TODAY
+            )
+        else:
+            service.set_restriction(
+                s,
+                clerk,
+                SetRestriction(
+                    resident_code=code, reason="DV", starts_on=TODAY, ends_on=TODAY + timedelta(365)
+                ),
+                today=TODAY,
+            )
+
+
+# --- the test ---------------------------------------------------------------------------------------
+
+
+def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream(
+    engine: Any,
+    session_maker: sessionmaker[Session],
+    db_url: str,
+    national: sessionmaker[Session],
+    national_url: str,
+    net: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    stream, prefix = net
+    municipal = session_maker
+    codes, unnumbered = _world(engine, municipal, 240)
+    households = _households(municipal)
+    rng = random.Random(4)
+    where = {code: m for m, hs in households.items() for members in hs.values() for code in members}
+    first = {m: [c for c in sorted(unnumbered) if where[c] == m] for m in (A, B)}
+    in_a, in_b = ([c for c in codes if where.get(c) == m] for m in (A, B))
+    dv = [in_a[1], in_b[1], in_a[2]]  # DV等支援措置 in both municipalities
+    common = ["--nats", NATS_URL, "--stream", stream, "--prefix", prefix]
+    port = _free_port()
+    national_args = [
+        "national", "--db", national_url, *common, "--numbering-key", str(tmp_path / "numbering.key"),
+        "--batch", "50", "--metrics-port", str(port),
+    ]  # fmt: skip
+    municipal_args = ["municipal", "--db", db_url, *common, "--municipality", A, "--municipality", B]
+    nodes: list[Node] = []
+
+    def start(label: str, args: list[str]) -> Node:
+        node = Node(tmp_path, label, args)
+        nodes.append(node)
+        return node
+
+    def applied() -> int:
+        return _count(national, NationalIdentity)
+
+    try:
+        municipal_node = start("municipal", municipal_args)
+        national_node = start("national-1", national_args)
+        # Round 1 and 2: 2 × 2 × 400 register changes (more events: a 転居 moves a whole household).
+        _apply_round(municipal, households, 400, rng, first)
+        _restrict(municipal, dv[0], where[dv[0]])
+        _apply_round(municipal, households, 400, rng, {A: [], B: []})
+        _restrict(municipal, dv[1], where[dv[1]])
+        total = _count(municipal, OutboxEvent, OutboxEvent.type == "register.identity_changed")
+        assert total > 2000
+
+        # The national process dies mid-stream: some changes applied, not all.
+        _wait_for(lambda: applied() >= total // 3, 120, "a third of the changes at the national node", nodes)
+        national_node.kill()
+        at_kill = applied()
+        assert at_kill < total, "the national node finished before it could be killed"
+
+        # Meanwhile the municipality goes on; the backlog shows per municipality, with its age.
+        _apply_round(municipal, households, 300, rng, {A: [], B: []})
+        _restrict(municipal, dv[0], where[dv[0]], lift=True)
+        _restrict(municipal, dv[2], where[dv[2]])
+        total = _count(municipal, OutboxEvent, OutboxEvent.type == "register.identity_changed")
+        _wait_for(
+            lambda: (
+                _count(
+                    municipal, OutboxEvent, OutboxEvent.type.in_(UP_TYPES), OutboxEvent.published_at.is_(None)
+                )
+                == 0
+            ),
+            60,
+            "the municipal relay to publish everything",
+            nodes,
+        )
+        waiting = asyncio.run(fetch_backlog(NATS_URL, stream=stream, prefix=prefix))
+        assert {b.municipality_code for b in waiting} == {A, B}
+        assert all(b.pending > 0 and b.oldest_age is not None for b in waiting), waiting
+        assert sum(b.pending for b in waiting) >= total - at_kill
+
+        national_node = start("national-2", national_args)
+        _wait_for(lambda: applied() >= total, 240, f"all {total} changes at the national node", nodes)
+        _wait_for(
+            lambda: all(
+                b.pending == 0 for b in asyncio.run(fetch_backlog(NATS_URL, stream=stream, prefix=prefix))
+            ),
+            30,
+            "the up backlog to drain",
+            nodes,
+        )
+        # Every number the national node assigned has reached the register.
+        _wait_for(
+            lambda: (
+                _count(
+                    municipal,
+                    Resident,
+                    Resident.resident_code.in_(unnumbered),
+                    Resident.individual_number.is_(None),
+                )
+                == 0
+            ),
+            60,
+            "the 個人番号 to reach the municipality",
+            nodes,
+        )
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        time.sleep(0.5)  # room for a duplicate to show up, if there were one
+        assert national_node.stop() == 0, national_node.log()
+        assert municipal_node.stop() == 0, municipal_node.log()
+    except BaseException:
+        for node in nodes:
+            if node.proc.poll() is None:
+                node.kill()
+        raise
+
+    # --- the copies hold exactly the register's changes, once each, in order per 住民票コード -------------
+    with municipal() as s:
+        events = [
+            row_to_event(r)
+            for r in s.scalars(
+                select(OutboxEvent)
+                .where(OutboxEvent.type == "register.identity_changed")
+                .order_by(OutboxEvent.seq)
+            )
+        ]
+        register = {r.resident_code: r for r in s.scalars(select(Resident))}
+        measures = {(r.resident_code, r.municipality_code): r for r in s.scalars(select(Restriction))}
+    expected: dict[str, list[str]] = {}
+    by_id: dict[str, DomainEvent] = {}
+    for event in events:
+        expected.setdefault(event.key, []).append(event.id)
+        by_id[event.id] = event
+    assert len(events) == total
+    with national() as s:
+        versions = s.scalars(
+            select(NationalIdentity).order_by(NationalIdentity.resident_code, NationalIdentity.version_no)
+        ).all()
+        prefectural = s.scalars(
+            select(PrefecturalIdentity).order_by(
+                PrefecturalIdentity.resident_code, PrefecturalIdentity.version_no
+            )
+        ).all()
+        quarantined = s.scalars(select(QuarantinedMessage)).all()
+        numbers = {n.resident_code: n.number for n in s.scalars(select(IndividualNumber))}
+        number_events = s.scalars(
+            select(OutboxEvent).where(OutboxEvent.type == "numbering.number_assigned")
+        ).all()
+        sets = {(r.resident_code, r.municipality_code): r for r in s.scalars(select(RestrictionSet))}
+        copies = {(r.resident_code, r.municipality_code): r for r in s.scalars(select(RestrictionCopy))}
+        inbox = s.scalar(
+            select(func.count()).select_from(InboxEntry).where(InboxEntry.handler == "network.replicate")
+        )
+        parked = s.scalars(select(EventFailure)).all()
+    assert quarantined == [] and parked == []
+    got: dict[str, list[str]] = {}
+    for v in versions:
+        got.setdefault(v.resident_code, []).append(v.event_id)
+    assert got == expected  # nothing lost, nothing doubled, each person's changes in the register's order
+    assert [v.event_id for v in prefectural] == [v.event_id for v in versions]
+    assert all(p.prefecture_code == where[p.resident_code][:2] for p in prefectural)
+    assert inbox == total
+    for v in versions:
+        payload = by_id[v.event_id].payload
+        assert (v.family_name, v.family_name_kana, v.address, v.reason, v.effective_on.isoformat()) == (
+            payload["family_name"],
+            payload["family_name_kana"],
+            payload["address_text"],
+            payload["reason"],
+            payload["effective_on"],
+        )
+        assert v.is_current == (v.event_id == expected[v.resident_code][-1])
+    # The copies' current versions are the register as it stands.
+    for v in versions:
+        if v.is_current:
+            r = register[v.resident_code]
+            assert (v.family_name, v.given_name, v.individual_number) == (
+                r.family_name,
+                r.given_name,
+                r.individual_number,
+            )
+
+    # 個人番号: assigned once by the national role for each unnumbered person, written by the register.
+    changed_unnumbered = unnumbered & set(expected)
+    assert changed_unnumbered == unnumbered  # each had a name change first
+    assert sorted(e.key for e in number_events) == sorted(unnumbered)
+    assert set(numbers) == unnumbered
+    assert {c: register[c].individual_number for c in unnumbered} == {c: numbers[c] for c in unnumbered}
+    with municipal() as s:
+        received = s.scalar(
+            select(func.count())
+            .select_from(InboxEntry)
+            .where(InboxEntry.handler == "register.apply_individual_number")
+        )
+    assert received == len(unnumbered)  # each notice applied once by the register
+
+    # DV等支援措置: the network's copy is the municipality's current set, reason left behind.
+    assert set(sets) == {(c, where[c]) for c in (dv[0], dv[1], dv[2])}
+    assert {k: (c.starts_on, c.ends_on, c.lifted_on) for k, c in copies.items()} == {
+        k: (m.starts_on, m.ends_on, m.lifted_on) for k, m in measures.items()
+    }
+
+    # Only 本人確認情報 went up, only numbers came down, each to its own municipality.
+    async def subjects() -> dict[str, int]:
+        nc = await nats.connect(NATS_URL)
+        info = await nc.jetstream().stream_info(stream, subjects_filter=f"{prefix}.>")
+        await nc.close()
+        return dict(info.state.subjects or {})
+
+    kinds = {s.removeprefix(prefix + ".") for s in asyncio.run(subjects())}
+    assert kinds == {
+        f"{direction}.{m}.{t}"
+        for m in (A, B)
+        for direction, t in [
+            ("up", "register.identity_changed"),
+            ("up", "register.restriction_changed"),
+            ("down", "numbering.number_assigned"),
+        ]
+    }
+    # Lag and backlog are on the national node's /metrics, per municipality.
+    for m in (A, B):
+        assert f'kiban_network_backlog_messages{{direction="up",municipality="{m}"}}' in metrics
+        assert f'kiban_network_replication_lag_seconds{{municipality="{m}"' in metrics
+
+
+def test_malformed_and_out_of_order_messages_are_quarantined_with_a_reason(
+    national: sessionmaker[Session], national_url: str, net: tuple[str, str], tmp_path: Path
+) -> None:
+    stream, prefix = net
+    code = ResidentCodeGenerator(random.Random(9)).generate()
+    base = {
+        "resident_code": code,
+        "municipality_code": A,
+        "family_name": "山田",
+        "given_name": "花子",
+        "family_name_kana": "ヤマダ",
+        "given_name_kana": "ハナコ",
+        "birth_date": "1990-04-01",
+        "sex": 2,
+        "address_text": "東京都千代田区丸の内一丁目1番1号",
+        "status": "active",
+        "reason": "relocation",
+        "reason_ja": "転居",
+        "effective_on": "2026-11-01",
+    }
+    from kiban.core.database import utcnow
+
+    now = utcnow()
+
+    def event(payload: dict[str, Any], at_offset: float = 0.0) -> DomainEvent:
+        return DomainEvent(
+            id=str(uuid.uuid4()),
+            type="register.identity_changed",
+            key=code,
+            schema_version=1,
+            occurred_at=now + timedelta(seconds=at_offset),
+            payload=payload,
+            source="somewhere",
+        )
+
+    good = event(base)
+    older = event({**base, "family_name": "田中"}, at_offset=-3600)  # after the good one, but older
+    bad_sex = event({**base, "sex": 3}, at_offset=1)
+    honseki = event({**base, "honseki": "東京都千代田区千代田1番"}, at_offset=2)
+    subject = f"{prefix}.up.{A}.register.identity_changed"
+
+    async def publish() -> None:
+        nc = await nats.connect(NATS_URL)
+        js = nc.jetstream()
+        from kiban.core.nats_bus import ensure_stream
+
+        await ensure_stream(js, stream, prefix)
+        await js.publish(subject, b"{not json", headers={"Nats-Msg-Id": "garbage-1"})
+        for e in (good, older, bad_sex, honseki):
+            await js.publish(subject, e.to_json(), headers={"Nats-Msg-Id": e.id})
+        await nc.close()
+
+    asyncio.run(publish())
+    node = Node(
+        tmp_path,
+        "national",
+        ["national", "--db", national_url, "--nats", NATS_URL, "--stream", stream, "--prefix", prefix,
+         "--numbering-key", str(tmp_path / "numbering.key")],
+    )  # fmt: skip
+    try:
+        _wait_for(
+            lambda: _count(national, QuarantinedMessage) >= 3 and _count(national, EventFailure) >= 1,
+            60,
+            "three quarantined messages and one parked",
+            [node],
+        )
+        assert node.stop() == 0, node.log()
+    except BaseException:
+        if node.proc.poll() is None:
+            node.kill()
+        raise
+    with national() as s:
+        rules = {(q.event_id, q.field, q.rule) for q in s.scalars(select(QuarantinedMessage))}
+        [version] = s.scalars(select(NationalIdentity)).all()
+        [garbage] = s.scalars(select(EventFailure)).all()
+        [honseki_row] = s.scalars(select(QuarantinedMessage).where(QuarantinedMessage.event_id == honseki.id))
+    assert rules == {
+        (older.id, "occurred_at", "out_of_order"),
+        (bad_sex.id, "payload.sex", "sex_code"),
+        (honseki.id, "payload.honseki", "not_identity_information"),
+    }
+    # Only the good message was applied (and numbered by the national role).
+    assert (version.event_id, version.family_name) == (good.id, "山田")
+    assert version.individual_number is not None
+    assert garbage.handler == consumer_handler_name("national") and garbage.parked_at is not None
+    assert garbage.event_id == "garbage-1" and "json" in garbage.last_error.lower()
+    assert "東京都千代田区千代田" not in json.dumps(honseki_row.document, ensure_ascii=False)
