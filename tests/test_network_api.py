@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +25,7 @@ from kiban.core.audit import AuditEntry
 from kiban.core.wareki import to_wareki
 from kiban.network import service as network
 from kiban.network.service import ITEM_COLUMNS
-from network_web_support import JST, USES, World, csv_file, new_id, this_month
+from network_web_support import JST, PASSWORD, USES, World, csv_file, new_id, this_month
 
 # The shared fixtures (pytest finds them as module attributes).
 world, nenkin, chiyoda, operator, cheap_scrypt = (
@@ -508,3 +510,49 @@ def test_registry_and_statistics(world: World, nenkin: TestClient, operator: Tes
     assert operator.get("/api/network/statistics", params={"agency": "nta"}).json() == []
     assert operator.get("/api/network/statistics", params={"since": "2026-13"}).status_code == 422
     assert operator.get("/api/network/statistics", params={"since": "latest"}).status_code == 422
+
+
+# --- a real server: the answer stream breaks and resumes -------------------------------------------
+
+
+def test_a_broken_answer_stream_over_http_resumes_without_gaps(
+    world: World, db_url: str, tmp_path: Path
+) -> None:
+    """`kiban serve` in a subprocess; the client drops the connection mid-stream, then resumes."""
+    import httpx
+
+    from browser_support import kiban_serve
+
+    n = 6000
+    lines = [world.codes[i] if i < 40 else f"{i:011d}" for i in range(n)]  # distinct lines
+    content = csv_file(lines)
+    with kiban_serve(db_url, tmp_path) as base, httpx.Client(base_url=base) as client:
+        login = client.get("/login")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', login.text)
+        assert token
+        client.post("/login", data={"username": "nenkin", "password": PASSWORD, "csrf_token": token.group(1)})
+        client.headers["X-CSRF-Token"] = client.get("/api/session").json()["csrf_token"]
+        job = open_job(client, len(content))  # type: ignore[arg-type]
+        assert upload(client, job, content).status_code == 200  # type: ignore[arg-type]
+        received: list[int] = []
+        with client.stream("POST", f"/api/provision/bulk/{job}/answers", timeout=60) as stream:
+            assert stream.status_code == 200
+            for line in stream.iter_lines():
+                if line.startswith("row,"):
+                    continue
+                received.append(int(line.split(",", 1)[0]))
+                if len(received) == 1500:
+                    break  # the connection drops
+        assert received == list(range(1500))
+        status = client.get(f"/api/provision/bulk/{job}").json()
+        # The first chunk (1,000 rows) had committed; the server noticed the disconnect and stopped
+        # within a chunk or two rather than providing the whole file to nobody.
+        assert 1000 <= status["next_row"] < n and status["finished_at"] is None
+        # The client asks from the first row it lacks: nothing is missing, nothing twice in its hands.
+        rest = client.post(f"/api/provision/bulk/{job}/answers", params={"start": 1500}, timeout=120)
+        assert rest.status_code == 200
+        rows = read_csv(rest.text)
+        assert [int(r["row"]) for r in rows] == list(range(1500, n))
+        done = client.get(f"/api/provision/bulk/{job}").json()
+        assert done["next_row"] == n and done["finished_at"] is not None
+    assert sum(1 for p in world.provisions() if p.outcome == "provided") >= 40

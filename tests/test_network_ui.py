@@ -232,7 +232,7 @@ def test_browser_agency_query_and_operator_screens(
     require_chromium()
     code = world.codes[6]
     row = world.person(code)
-    with kiban_serve(db_url, tmp_path / "serve") as server, sync_playwright() as pw:
+    with kiban_serve(db_url, tmp_path) as server, sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(locale="ja-JP")

@@ -16,7 +16,7 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Integer, cast, func, select
 from sqlalchemy.orm import Session
 
 from kiban.core import audit, master
@@ -218,7 +218,7 @@ def provision_statistics(
         Provision.use_code,
         Provision.outcome,
         func.count().label("n"),
-        func.sum(func.cast(Provision.restricted, type_=_int())).label("r"),
+        func.sum(cast(Provision.restricted, Integer)).label("r"),
     )
     if since:
         query = query.where(Provision.provided_at >= _jst_month_start(since).astimezone(UTC))
@@ -232,12 +232,6 @@ def provision_statistics(
         month, Provision.agency_code, Provision.use_code, Provision.outcome
     )
     return [StatisticsRow(m, a, u, o, int(n), int(r or 0)) for m, a, u, o, n, r in session.execute(query)]
-
-
-def _int() -> Any:
-    from sqlalchemy import Integer
-
-    return Integer()
 
 
 # --- disclosure ----------------------------------------------------------------------------------
