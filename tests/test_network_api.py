@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pypdf import PdfReader
 from sqlalchemy import select
 
@@ -556,3 +558,73 @@ def test_a_broken_answer_stream_over_http_resumes_without_gaps(
         done = client.get(f"/api/provision/bulk/{job}").json()
         assert done["next_row"] == n and done["finished_at"] is not None
     assert sum(1 for p in world.provisions() if p.outcome == "provided") >= 40
+
+
+# --- DV等支援措置 and hostile files ----------------------------------------------------------------
+
+
+def test_restricted_persons_through_the_api_are_flagged_and_the_address_withheld_where_the_use_says(
+    world: World, nenkin: TestClient
+) -> None:
+    from datetime import timedelta
+
+    from kiban.core.accounts import create_user
+    from kiban.core.events import drain
+    from kiban.register import service as register
+    from kiban.register.schemas import Actor, SetRestriction
+
+    code = world.codes[2]
+    row = world.person(code)
+    today = datetime.now(JST).date()
+    with world.factory.begin() as s:
+        register.set_restriction(
+            s,
+            Actor(username="clerk", municipality_code=row.municipality_code),
+            SetRestriction(
+                resident_code=code,
+                reason="DV",
+                starts_on=today - timedelta(days=1),
+                ends_on=today + timedelta(days=300),
+            ),
+            today=today,
+        )
+        create_user(s, "senkan", support.PASSWORD, "agency", organisation="gifu-senkan")
+    drain(world.factory, world.registry)
+    pension = ask(nenkin, PENSION, {"resident_code": code}).json()
+    assert pension["outcome"] == "provided" and pension["restricted"] is True
+    assert pension["data"]["address"] == row.address
+    election = ask(world.client("senkan"), "elections_other_municipality", {"resident_code": code}).json()
+    assert election["restricted"] is True and "address" not in election["items"]
+    assert "address" not in election["data"] and row.address not in str(election)
+    content = csv_file([code, world.codes[3]])
+    job = open_job(nenkin, len(content))
+    upload(nenkin, job, content)
+    rows = read_csv(nenkin.post(f"/api/provision/bulk/{job}/answers").text)
+    assert [(r["resident_code"], r["restricted"]) for r in rows] == [(code, "1"), (world.codes[3], "0")]
+    with world.factory() as s:
+        flagged = s.scalars(select(AuditEntry).where(AuditEntry.action == "provide")).all()
+    assert [list(e.flags) for e in flagged] == [["dv_restricted"], ["dv_restricted"], ["dv_restricted"], []]
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(
+        st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_any_bytes_after_a_good_header_get_one_answer_per_line_and_no_server_error(
+    world: World, nenkin: TestClient, lines: list[bytes]
+) -> None:
+    content = b"resident_code,birth_date\n" + b"\n".join(lines) + b"\n"
+    job = open_job(nenkin, len(content))
+    assert upload(nenkin, job, content).status_code == 200
+    response = nenkin.post(f"/api/provision/bulk/{job}/answers")
+    assert response.status_code == 200
+    rows = read_csv(response.text)
+    assert [int(r["row"]) for r in rows] == list(range(len(lines)))
+    for r in rows:
+        assert r["outcome"] in ("provided", "not_found", "invalid", "ambiguous"), r
+        if r["outcome"] == "invalid":
+            assert r["rule"] and r["field"].startswith(f"rows[{r['row']}]")
