@@ -313,9 +313,189 @@ def record_batch(session: Session, entries: Iterable[Mapping[str, Any]]) -> rang
     """:func:`record_many` for bulk paths that need no entries back: returns the seqs appended.
 
     Same validation, chain and transaction semantics; it skips building an ORM object per entry,
-    which costs about as much as hashing it.
+    which costs about as much as hashing it. Entries that share everything but ``subject`` and
+    ``items`` (a bulk job's usually do) are validated once, and the constant parts of their
+    canonical form are written once.
     """
-    return _write(session, _validated_many(entries))
+    return _write_batch(session, _validated_batch(entries))
+
+
+# A bulk entry: its shared fields (one dict per group of alike entries), subject, items.
+_BatchEntry = tuple[dict[str, Any], str, list[str]]
+
+
+def _group_key(arguments: Mapping[str, Any]) -> Any:
+    """What entries that validate alike share (but subject and items); None when not plainly hashable."""
+    detail = arguments["detail"]
+    flags = arguments["flags"]
+    if not (
+        type(arguments["actor"]) is str
+        and type(arguments["role"]) is str
+        and type(arguments["action"]) is str
+        and type(arguments["purpose"]) is str
+        and (arguments["organisation"] is None or type(arguments["organisation"]) is str)
+        and type(arguments["occurred_at"]) is datetime
+        and (type(flags) is str or (type(flags) in (list, tuple) and all(type(f) is str for f in flags)))
+    ):
+        return None
+    if detail is not None:
+        # The same test as _detail_cached: a small dict of plain values, told apart by repr.
+        if (
+            type(detail) is not dict
+            or len(detail) > 8
+            or not all(
+                type(k) is str and (type(v) in (str, int, bool) or v is None) for k, v in detail.items()
+            )
+        ):
+            return None
+        detail = repr(detail)
+    return (
+        arguments["actor"],
+        arguments["role"],
+        arguments["action"],
+        arguments["purpose"],
+        arguments["organisation"],
+        arguments["occurred_at"],
+        detail,
+        flags if type(flags) is str else tuple(flags),
+    )
+
+
+def _validated_batch(entries: Iterable[Mapping[str, Any]]) -> list[_BatchEntry]:
+    now = utcnow()
+    texts: dict[Any, Any] = {}
+    groups: dict[Any, dict[str, Any]] = {}
+    out: list[_BatchEntry] = []
+    for i, entry in enumerate(entries):
+        arguments = _arguments(i, entry, now)
+        try:
+            key = _group_key(arguments)
+            shared = groups.get(key) if key is not None else None
+            if shared is None:
+                fields = _validated(**arguments, texts=texts)
+                shared = {k: v for k, v in fields.items() if k not in ("subject", "items")}
+                if key is not None:
+                    groups[key] = shared
+                out.append((shared, fields["subject"], fields["items"]))
+            else:
+                # The shared fields passed already; what is left is checked as _validated
+                # checks it, in the same order (items, then subject).
+                items = _validated_items(arguments["items"], texts)
+                out.append((shared, _cached_text(texts, "subject", arguments["subject"], 64, True), items))
+        except AuditError as exc:
+            raise AuditError(f"entries[{i}].{exc.field}", exc.rule) from exc
+    return out
+
+
+def _write_batch(session: Session, entries: list[_BatchEntry]) -> range:
+    """:func:`_write` for :func:`_validated_batch`'s entries: same chain, same rows."""
+    if not entries:
+        return range(0)
+    last_seq, prev_hash = _claim_seqs(session, len(entries))
+    first = last_seq - len(entries) + 1
+    encode = _encode_str
+    sha256 = hashlib.sha256
+    # Per group: the canonical text around items, prev_hash, seq and subject (members in
+    # RFC 8785 order, as _canonical_text writes them).
+    parts: dict[int, tuple[str, str, str]] = {}
+    items_text: dict[tuple[str, ...], str] = {}
+    rows: list[tuple[dict[str, Any], int, str, list[str], str, str, str]] = []
+    seq = first - 1
+    for shared, subject, items in entries:
+        seq += 1
+        part = parts.get(id(shared))
+        if part is None:
+            part = parts[id(shared)] = (
+                '{"action":'
+                + _jcs(shared["action"])
+                + ',"actor":'
+                + _jcs(shared["actor"])
+                + ',"detail":'
+                + _jcs(shared["detail"])
+                + ',"flags":'
+                + _jcs(shared["flags"])
+                + ',"items":',
+                ',"occurred_at":'
+                + _jcs(format_time(shared["occurred_at"]))
+                + ',"organisation":'
+                + _jcs(shared["organisation"])
+                + ',"prev_hash":',
+                ',"purpose":' + _jcs(shared["purpose"]) + ',"role":' + _jcs(shared["role"]) + ',"seq":',
+            )
+        key = tuple(items)
+        listed = items_text.get(key)
+        if listed is None:
+            listed = items_text[key] = _jcs(items)
+        text = "".join(
+            (
+                part[0],
+                listed,
+                part[1],
+                encode(prev_hash),
+                part[2],
+                _jcs(seq),
+                ',"subject":',
+                encode(subject),
+                ',"v":1}',
+            )
+        )
+        try:
+            canonical = text.encode("utf-8")
+        except UnicodeEncodeError:  # refused by validation already; the reference has the last word
+            canonical = canonical_form(
+                shared | {"seq": seq, "subject": subject, "items": items, "prev_hash": prev_hash}
+            )
+        digest = sha256(canonical).hexdigest()
+        rows.append((shared, seq, subject, items, listed, prev_hash, digest))
+        prev_hash = digest
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        session.execute(
+            insert(_LOG),
+            [
+                shared | {"seq": seq, "subject": subject, "items": items, "prev_hash": prev, "hash": digest}
+                for shared, seq, subject, items, _, prev, digest in rows
+            ],
+        )
+    else:
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        statement = f"COPY {_LOG.name} ({', '.join(_COPY_COLUMNS)}) FROM STDIN"
+        # detail as json.dumps writes it (see _insert_entries), once per group.
+        constant: dict[int, tuple[Any, ...]] = {}
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            write = copy.write_row
+            for shared, seq, subject, _, listed, prev, digest in rows:
+                c = constant.get(id(shared))
+                if c is None:
+                    c = constant[id(shared)] = (
+                        shared["occurred_at"],
+                        shared["actor"],
+                        shared["role"],
+                        shared["organisation"],
+                        shared["action"],
+                        shared["purpose"],
+                        json.dumps(shared["detail"]),
+                        _jcs(shared["flags"]),
+                    )
+                write((seq, c[0], c[1], c[2], c[3], c[4], c[5], subject, listed, c[6], c[7], prev, digest))
+    session.execute(_SET_HEAD_HASH, {"new_hash": prev_hash})
+    return range(first, last_seq + 1)
+
+
+def _arguments(i: int, entry: Any, now: datetime) -> dict[str, Any]:
+    """record()'s keyword arguments of ``entries[i]`` with the defaults filled in."""
+    if not isinstance(entry, Mapping):
+        raise AuditError(f"entries[{i}]", "must be a mapping of record()'s keyword arguments")
+    unknown = set(entry) - _REQUIRED - _OPTIONAL
+    missing = _REQUIRED - set(entry)
+    if unknown or missing:
+        problem = f"unknown fields {sorted(unknown)}" if unknown else f"missing fields {sorted(missing)}"
+        raise AuditError(f"entries[{i}]", problem)
+    arguments = {"organisation": None, "detail": None, "flags": (), **entry}
+    if arguments.get("occurred_at") is None:
+        arguments["occurred_at"] = now
+    return arguments
 
 
 def _validated_many(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -324,16 +504,7 @@ def _validated_many(entries: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]
     # Bulk entries repeat actor, role, purpose…: check each distinct text once per call.
     texts: dict[Any, Any] = {}
     for i, entry in enumerate(entries):
-        if not isinstance(entry, Mapping):
-            raise AuditError(f"entries[{i}]", "must be a mapping of record()'s keyword arguments")
-        unknown = set(entry) - _REQUIRED - _OPTIONAL
-        missing = _REQUIRED - set(entry)
-        if unknown or missing:
-            problem = f"unknown fields {sorted(unknown)}" if unknown else f"missing fields {sorted(missing)}"
-            raise AuditError(f"entries[{i}]", problem)
-        arguments = {"organisation": None, "detail": None, "flags": (), **entry}
-        if arguments.get("occurred_at") is None:
-            arguments["occurred_at"] = now
+        arguments = _arguments(i, entry, now)
         try:
             validated.append(_validated(**arguments, texts=texts))
         except AuditError as exc:
@@ -502,6 +673,25 @@ def _text(field: str, value: object, *, max_len: int, allow_empty: bool = False)
     return value
 
 
+def _cached_text(
+    texts: dict[Any, Any], field: str, value: object, max_len: int, allow_empty: bool = False
+) -> str:
+    """:func:`_text`, remembered per call for the texts bulk entries repeat."""
+    if type(value) is not str:
+        return _text(field, value, max_len=max_len, allow_empty=allow_empty)
+    key = (field, max_len, allow_empty, value)
+    checked = texts.get(key)
+    if checked is None:
+        checked = texts[key] = _text(field, value, max_len=max_len, allow_empty=allow_empty)
+    return cast(str, checked)
+
+
+def _validated_items(items: Sequence[str], texts: dict[Any, Any]) -> list[str]:
+    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+        raise AuditError("items", "must be a list of data item names, not a single string")
+    return [_cached_text(texts, f"items[{i}]", item, 100) for i, item in enumerate(items)]
+
+
 def _validated(
     *,
     actor: str,
@@ -518,21 +708,14 @@ def _validated(
 ) -> dict[str, Any]:
     if texts is None:
         texts = {}
+    cache = texts
 
     def text(field: str, value: object, max_len: int, allow_empty: bool = False) -> str:
-        if type(value) is not str:
-            return _text(field, value, max_len=max_len, allow_empty=allow_empty)
-        key = (field, max_len, allow_empty, value)
-        checked = texts.get(key)
-        if checked is None:
-            checked = texts[key] = _text(field, value, max_len=max_len, allow_empty=allow_empty)
-        return checked
+        return _cached_text(cache, field, value, max_len, allow_empty)
 
     if not isinstance(action, str) or not _ACTION.fullmatch(action):
         raise AuditError("action", "must be lower-case letters, digits and '_', starting with a letter, ≤ 32")
-    if isinstance(items, str | bytes) or not isinstance(items, Sequence):
-        raise AuditError("items", "must be a list of data item names, not a single string")
-    item_list = [text(f"items[{i}]", item, 100) for i, item in enumerate(items)]
+    item_list = _validated_items(items, texts)
     flag_set = set()
     for flag in flags if not isinstance(flags, str) else [flags]:
         if not isinstance(flag, str) or not _FLAG.fullmatch(flag):
