@@ -138,3 +138,19 @@ class ExpiryNotice(Base):
     expires_on: Mapped[date] = mapped_column(Date)
     channel: Mapped[str] = mapped_column(String(8))  # mail (PDF letter) | email (abroad)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+
+class Call(Base):
+    """コールセンター: one incoming call, from ringing to its outcome (queue and answer rate)."""
+
+    __tablename__ = "cards_calls"
+    __table_args__ = (Index("ix_cards_calls_received_at", "received_at"),)
+
+    id: Mapped[int] = mapped_column(SEQ_TYPE, primary_key=True, autoincrement=True)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    abandoned_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    agent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    card_id: Mapped[str | None] = mapped_column(String(12), nullable=True)
+    identified: Mapped[bool] = mapped_column(Boolean)
+    outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)

@@ -112,10 +112,23 @@ def upgrade() -> None:
         ["card_id", "subject", "expires_on"],
         unique=True,
     )
+    op.create_table(
+        "cards_calls",
+        sa.Column("id", SEQ, primary_key=True, autoincrement=True),
+        sa.Column("received_at", UTCDateTime(), nullable=False),
+        sa.Column("answered_at", UTCDateTime(), nullable=True),
+        sa.Column("abandoned_at", UTCDateTime(), nullable=True),
+        sa.Column("agent", sa.String(64), nullable=True),
+        sa.Column("card_id", sa.String(12), nullable=True),
+        sa.Column("identified", sa.Boolean(), nullable=False),
+        sa.Column("outcome", sa.String(16), nullable=True),
+    )
+    op.create_index("ix_cards_calls_received_at", "cards_calls", ["received_at"])
 
 
 def downgrade() -> None:
     for table in (
+        "cards_calls",
         "cards_expiry_notices",
         "cards_queue",
         "cards_batches",
