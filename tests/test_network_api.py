@@ -427,6 +427,44 @@ def test_disclosure_json_and_pdf(world: World, nenkin: TestClient, chiyoda: Test
         ("chiyoda", code, "proxy"),
     ]
     assert asked[2].detail is not None and asked[2].detail["proxy_name"] == "代理　花子"
+    # The printed serial and code verify against the ledger (the hash covers what is printed).
+    from kiban.core.documents import KeyDirectorySigners, parse_qr_payload, verify_document
+
+    serial = pdf.headers["X-Kiban-Serial"]
+    code = re.search(r"照合番号\s*([A-Z0-9-]+)", text)
+    assert code
+    with world.factory() as s:
+        from kiban.core.models.documents import IssuedDocument
+
+        issued = s.scalars(select(IssuedDocument).where(IssuedDocument.serial == serial)).one()
+        assert (issued.document_type, issued.subject_resident_code, issued.issuer) == (
+            "network.disclosure",
+            code_of(row),
+            "chiyoda",
+        )
+        signers = KeyDirectorySigners(world.data_dir / "keys")
+        result = verify_document(s, serial, issued.content_hash, code.group(1), signers=signers)
+        assert result.valid, result
+        assert parse_qr_payload(f"KIBAN1/{serial}/{issued.content_hash.upper()}/{code.group(1)}")[0] == serial
+
+
+def code_of(row: Any) -> str:
+    return str(row.resident_code)
+
+
+def test_a_long_disclosure_flows_over_several_sheets(
+    world: World, nenkin: TestClient, chiyoda: TestClient
+) -> None:
+    code = world.in_municipality("131016")[3]
+    for _ in range(25):
+        assert ask(nenkin, PENSION, {"resident_code": code}).status_code == 200
+    pdf = chiyoda.post("/api/disclosure/pdf", json={"resident_code": code, "year": datetime.now(JST).year})
+    reader = PdfReader(io.BytesIO(pdf.content))
+    assert len(reader.pages) >= 2
+    text = "".join(page.extract_text() for page in reader.pages)
+    assert "（次葉に続く）" in text and "以上　25件" in text and text.count("日本年金機構") == 25
+    # The 事務's full name is wrapped, not cut: its last words are printed.
+    assert text.replace("\n", "").count("に関する事務）") >= 25
 
 
 def test_disclosure_bad_requests(world: World, chiyoda: TestClient) -> None:

@@ -128,7 +128,12 @@ def test_agency_bulk_pages(world: World, nenkin: TestClient) -> None:
     assert "回答を受け取る" in job_page.text
     action = re.search(r'action="(/api/provision/bulk/[^"]+/answers)"', job_page.text)
     assert action
+    # As a browser without JavaScript sends it: the token in the form, no header.
+    header = nenkin.headers.pop("X-CSRF-Token")
+    forged = nenkin.post(action.group(1), data={"csrf_token": "forged"})
+    assert forged.status_code == 403
     answers = nenkin.post(action.group(1), data={"csrf_token": form_token(job_page.text)})
+    nenkin.headers["X-CSRF-Token"] = header
     assert answers.status_code == 200 and "attachment" in answers.headers["content-disposition"]
     rows = list(csv.DictReader(io.StringIO(answers.text)))
     assert [r["outcome"] for r in rows] == ["provided"] * 5 + ["invalid"]
