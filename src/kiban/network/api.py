@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import itertools
 import json
 import os
 import uuid
@@ -54,6 +55,7 @@ pages = APIRouter(include_in_schema=False)
 MAX_HEADER_LINE = 64 * 1024  # the header line of a bulk file must arrive within the first part
 UPLOAD_OFFSET = "Upload-Offset"
 CSV_MEDIA_TYPE = "text/csv; charset=utf-8"
+BULK_CHUNK = 1000  # rows per committed chunk of a bulk answer (the service's default)
 
 RULES_JA: dict[str, str] = {
     "check_digit": "検査数字が一致しません。番号を確かめてください。",
@@ -443,7 +445,10 @@ def _answers(request: Request, job: BulkJob, start: int | None) -> Iterator[byte
     size = _meta(request, job.id).get("size")
     handle = open(_data_path(request, job.id), "rb")  # noqa: SIM115 - closed by the generator
     rows = network.read_bulk_csv(handle, declared_size=size)
-    answers = cast(Generator[Answer, None, None], network.provide_bulk(factory, job.id, rows, start=start))
+    answers = cast(
+        Generator[Answer, None, None],
+        network.provide_bulk(factory, job.id, rows, start=start, chunk_size=BULK_CHUNK),
+    )
     try:
         # The first chunk is answered before the response starts: a refusal of the whole request
         # (finished job, start beyond the cursor) is still a problem document, not a broken CSV.
@@ -452,19 +457,27 @@ def _answers(request: Request, job: BulkJob, start: int | None) -> Iterator[byte
         handle.close()
         raise
 
+    first_row = start if start is not None else job.next_row
+
     def stream() -> Iterator[bytes]:
+        # One body message per chunk, not per row: each message is a thread hop and a pass
+        # through every middleware. A chunk's rows are sent once its last answer is out, which
+        # is right after the chunk committed (the next chunk is not started before).
+        buffer = [_csv_line([*ANSWER_HEADER, *columns])]
         try:
-            yield _csv_line([*ANSWER_HEADER, *columns])
-            if first is not None:
-                yield _csv_line(_answer_row(first, columns))
-                for answer in answers:
-                    yield _csv_line(_answer_row(answer, columns))
+            for answer in itertools.chain([first] if first is not None else [], answers):
+                buffer.append(_csv_line(_answer_row(answer, columns)))
+                if answer.row is not None and (answer.row - first_row + 1) % BULK_CHUNK == 0:
+                    yield b"".join(buffer)
+                    buffer = []
         except NetworkError as exc:
             # Answers already sent stand (they were logged); the last line says why it stopped.
-            yield _csv_line(["", "error", exc.rule, exc.field, exc.message, "0"])
+            buffer.append(_csv_line(["", "error", exc.rule, exc.field, exc.message, "0"]))
         finally:
             answers.close()
             handle.close()
+        if buffer:
+            yield b"".join(buffer)
 
     return stream()
 
