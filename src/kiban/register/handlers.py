@@ -101,6 +101,13 @@ def register_handlers(registry: Registry) -> None:
     # both arrive through the network (kiban.network.moves), not straight from the other register.
     registry.add(MOVE_OUT_FORWARDED, "register.receive_move_out", receive_forwarded_move_out)
     registry.add(MOVE_IN_FORWARDED, "register.complete_move_out", complete_forwarded_move_in)
+    # Transitional: a registry that already has the network's handlers (embedded mode, network
+    # subscribed first as build_registry does) gets the network's relay too until
+    # kiban.network.handlers subscribes kiban.network.moves itself; then this does nothing.
+    if registry.find("network.replicate") and not registry.find("network.forward_move_out"):
+        from kiban.network import moves
+
+        moves.register_handlers(registry)
     # The service's other handlers of its own events, if any, still apply: only the direct route of
     # the two move events is left out.
     own = Registry()
