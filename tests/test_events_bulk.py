@@ -13,7 +13,17 @@ from hypothesis import strategies as st
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from kiban.core.events import DomainEvent, EventError, Registry, drain, emit, emit_many, row_to_event
+from kiban.core.events import (
+    DomainEvent,
+    EventError,
+    Registry,
+    drain,
+    emit,
+    emit_batch,
+    emit_many,
+    random_event_ids,
+    row_to_event,
+)
 from kiban.core.models.events import OutboxEvent
 
 TYPE = "register.identity_changed"
@@ -70,14 +80,15 @@ def test_emit_many_keeps_a_private_copy_of_the_payload(session: Session) -> None
         ({"event_id": "00000000-0000-4000-8000-000000000001"}, "events[2].id"),  # twice in the batch
     ],
 )
+@pytest.mark.parametrize("bulk", [emit_many, emit_batch])
 def test_emit_many_refuses_the_whole_batch_for_one_bad_event(
-    session_maker: sessionmaker[Session], change: dict[str, Any], field: str
+    session_maker: sessionmaker[Session], change: dict[str, Any], field: str, bulk: Any
 ) -> None:
     good: dict[str, Any] = {"type": TYPE, "key": "k", "payload": {"a": 1}}
     first = {**good, "event_id": "00000000-0000-4000-8000-000000000001"}
     with session_maker() as s, s.begin():
         with pytest.raises(EventError) as info:
-            emit_many(s, [first, good, {**good, **change}, good])
+            bulk(s, [first, good, {**good, **change}, good])
         assert info.value.field == field
     assert _rows(session_maker) == []
 
@@ -123,3 +134,53 @@ def test_bulk_events_are_delivered_per_key_in_order(
         assert [i for k, i in seen if k == key] == [i for i, k in enumerate(keys) if k == key]
     with session_maker() as s:
         assert s.scalar(select(func.count()).where(OutboxEvent.delivered_at.is_(None))) == 0
+
+
+def test_emit_batch_writes_what_emit_many_writes(session_maker: sessionmaker[Session]) -> None:
+    when = datetime(2026, 11, 25, 18, 0, tzinfo=timezone(timedelta(hours=9)))
+    events: list[dict[str, Any]] = [
+        {"type": TYPE, "key": "k1", "payload": {"n": 1, "名": "渡\U000e0100辺", "x": 1.5, "l": [None, True]}},
+        {"type": TYPE, "key": "k2", "payload": {"n": 2}, "source": "node-b", "schema_version": 2},
+        {"type": "other.thing", "key": "k1", "payload": {"n": 3, "d": {"e": []}}, "occurred_at": when},
+    ]
+    written = []
+    for bulk in (emit_many, emit_batch):
+        with session_maker.begin() as s:
+            s.execute(delete(OutboxEvent))
+            result = bulk(s, events)
+            if bulk is emit_batch:
+                assert result == 3
+            assert bulk(s, []) in ([], 0)
+        written.append(
+            [
+                (r.type, r.key, r.schema_version, r.payload, r.source, r.occurred_at == when)
+                for r in _rows(session_maker)
+            ]
+        )
+    assert written[0] == written[1]
+    assert [row[-1] for row in written[1]] == [False, False, True]
+    ids = [r.event_id for r in _rows(session_maker)]
+    assert all(uuid.UUID(i).version == 4 for i in ids) and len(set(ids)) == 3
+
+
+def test_emit_batch_writes_the_payload_as_it_was(
+    session_maker: sessionmaker[Session],
+) -> None:
+    payload: dict[str, Any] = {"codes": ["a"]}
+    with session_maker.begin() as s:
+        emit_batch(s, [{"type": TYPE, "key": "k", "payload": payload}])
+        payload["codes"].append("b")
+    assert [r.payload for r in _rows(session_maker)] == [{"codes": ["a"]}]
+
+
+def test_random_event_ids_are_canonical_random_uuids() -> None:
+    ids = random_event_ids(2000)
+    assert len(set(ids)) == 2000 and random_event_ids(0) == []
+    for value in ids:
+        parsed = uuid.UUID(value)
+        assert str(parsed) == value
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122
+    # Every hex digit shows up in every free position (nothing is stuck).
+    free = [i for i in range(36) if i not in (8, 13, 14, 18, 19, 23)]
+    assert all(len({value[i] for value in ids}) == 16 for i in free)
+    assert {value[19] for value in ids} == set("89ab")

@@ -2037,10 +2037,10 @@ _BULK_UPDATE = (
 )
 _BULK_HOUSEHOLD_UPDATE = (
     update(_HOUSEHOLDS)
-    .where(_HOUSEHOLDS.c.id == bindparam("b_id"))
+    .where(_HOUSEHOLDS.c.id == bindparam("b_id"), _HOUSEHOLDS.c.version == bindparam("b_version"))
     .values(
         {k: bindparam(f"v_{k}") for k in _ADDRESS_PARTS}
-        | {"version": _HOUSEHOLDS.c.version + 1, "updated_at": bindparam("v_updated_at")}
+        | {"version": bindparam("v_version"), "updated_at": bindparam("v_updated_at")}
     )
 )
 
@@ -2159,7 +2159,7 @@ def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkComm
     # _address_values' municipality part, looked up once per chunk rather than per 転居.
     body = master.municipality(actor.municipality_code)
     base_address = {"prefecture": body.prefecture, "municipality": body.address_name}
-    households: dict[uuid.UUID, dict[str, Any]] = {}
+    moves: list[tuple[uuid.UUID, dict[str, Any]]] = []
     history_rows: list[dict[str, Any]] = []
     outbox_rows: list[dict[str, Any]] = []
     audit_rows: list[dict[str, Any]] = []
@@ -2209,7 +2209,7 @@ def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkComm
                 "banchi": command.address.banchi,
                 "katagaki": command.address.katagaki,
             }
-            households[next(iter(hids))] = values
+            moves.append((next(iter(hids)), values))
         for tracked in people:
             r = tracked.r
             new: dict[str, Any] = {}
@@ -2290,19 +2290,14 @@ def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkComm
         | {f"v_{c}": getattr(t.r, c) for c in _BULK_COLUMNS}
         for t in touched
     ]
-    if updates and _update_rows(session, _BULK_UPDATE, _RESIDENTS, updates, versioned=True) != len(updates):
+    if updates and _update_rows(session, _BULK_UPDATE, _RESIDENTS, updates) != len(updates):
         raise ConflictError("version", "stale_version", "another clerk changed a record of the batch")
-    if households:
-        _update_rows(
-            session,
-            _BULK_HOUSEHOLD_UPDATE,
-            _HOUSEHOLDS,
-            [
-                {"b_id": hid, "v_updated_at": now, **{f"v_{k}": v for k, v in values.items()}}
-                for hid, values in households.items()
-            ],
-            versioned=False,
-        )
+    if moves:
+        households = _household_updates(session, moves, now)
+        if households and _update_rows(session, _BULK_HOUSEHOLD_UPDATE, _HOUSEHOLDS, households) != len(
+            households
+        ):
+            raise ConflictError("version", "stale_version", "another clerk changed a household of the batch")
     if history_rows:
         _insert_rows(session, _CHANGES, history_rows, json_columns=("before", "after"))
     # Validated as emit() does, written in one go (emit flushes once per event).
@@ -2332,10 +2327,50 @@ def _insert_rows(
             copy.write_row(values)
 
 
-def _update_rows(
-    session: Session, statement: Any, table: Table, rows: list[dict[str, Any]], *, versioned: bool
-) -> int:
-    """UPDATE rows by id (``b_id``; ``b_version`` checked when ``versioned``); returns rows updated.
+def _household_updates(
+    session: Session, moves: list[tuple[uuid.UUID, dict[str, Any]]], now: datetime
+) -> list[dict[str, Any]]:
+    """The UPDATE rows for the households of whole-household 転居, as the single path leaves them.
+
+    The single path's ORM writes a household (and moves its version on by one) per 転居 that
+    changes its address: the same count here, from the household's current row.
+    """
+    ids = list(dict.fromkeys(hid for hid, _ in moves))
+    columns = ("id", "version", *_ADDRESS_PARTS)
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {', '.join(columns)} FROM {_HOUSEHOLDS.name} WHERE id = ANY(%s) FOR UPDATE", (ids,)
+            )
+            rows = cursor.fetchall()
+    else:
+        rows = []
+        for start in range(0, len(ids), 500):
+            rows += session.execute(
+                select(*(_HOUSEHOLDS.c[c] for c in columns))
+                .where(_HOUSEHOLDS.c.id.in_(ids[start : start + 500]))
+                .with_for_update()
+            ).all()
+    current = {row[0]: dict(zip(columns, row, strict=True)) for row in rows}
+    first = {hid: values["version"] for hid, values in current.items()}
+    for hid, values in moves:
+        household = current[hid]
+        if any(household[k] != v for k, v in values.items()):
+            household.update(values)
+            household["version"] += 1
+    return [
+        {"b_id": hid, "b_version": first[hid], "v_version": h["version"], "v_updated_at": now}
+        | {f"v_{k}": h[k] for k in _ADDRESS_PARTS}
+        for hid, h in current.items()
+        if h["version"] != first[hid]
+    ]
+
+
+def _update_rows(session: Session, statement: Any, table: Table, rows: list[dict[str, Any]]) -> int:
+    """UPDATE rows by id (``b_id``) at version ``b_version``; returns the number of rows updated.
 
     PostgreSQL: the new values are COPYed into a temporary table and applied by one
     ``UPDATE … FROM`` (an executemany UPDATE costs a round of the pipeline per row).
@@ -2362,12 +2397,10 @@ def _update_rows(
         names = ["b_id", "b_version"] + [f"v_{name}" for name in value_columns]
         with cursor.copy(f"COPY {temp} ({', '.join(names)}) FROM STDIN") as copy:
             for row in rows:
-                copy.write_row([row.get(name) for name in names])
+                copy.write_row([row[name] for name in names])
         assignments = ", ".join(f"{name} = t.v_{name}" for name in value_columns)
-        if not versioned:
-            assignments += f", version = {table.name}.version + 1"
-        condition = f"{table.name}.id = t.b_id"
-        if versioned:
-            condition += f" AND {table.name}.version = t.b_version"
-        cursor.execute(f"UPDATE {table.name} SET {assignments} FROM {temp} t WHERE {condition}")
+        cursor.execute(
+            f"UPDATE {table.name} SET {assignments} FROM {temp} t "
+            f"WHERE {table.name}.id = t.b_id AND {table.name}.version = t.b_version"
+        )
         return int(cursor.rowcount)
