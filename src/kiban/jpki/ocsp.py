@@ -831,6 +831,7 @@ class OcspResponder:
         self.clock = clock
         self._cache: dict[tuple[str, int], _Entry] = {}
         self._unknown: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
+        self._raw: dict[bytes, tuple[tuple[str, int], str]] = {}
         self._issuers: dict[tuple[str, bytes, bytes], str] = {}
         self._issuers_loaded = 0.0
         self._signers: dict[str, Signer | None] = {}
@@ -851,6 +852,7 @@ class OcspResponder:
 
     def clear(self) -> None:
         self._cache.clear()
+        self._raw.clear()
         self._unknown.clear()
         self._signers_loaded = 0.0
 
@@ -1001,7 +1003,26 @@ class OcspResponder:
 
     # -- answering -----------------------------------------------------------------------------
 
-    def answer_cached(self, parsed: ParsedRequest) -> Answer | None:
+    def answer_raw(self, data: bytes) -> Answer | None:
+        """The hottest path: these exact request bytes were answered from a still-valid entry.
+
+        A request without a nonce is the same bytes every time a verifier asks about a
+        certificate, so the bytes map to the cache key and parsing is skipped; the entry itself
+        (evicted on every status change) decides whether the answer still stands.
+        """
+        hit = self._raw.get(data)
+        if hit is None:
+            return None
+        entry = self._cache.get(hit[0])
+        if entry is None or entry.expires <= self.clock():
+            return None
+        der = entry.ders.get(hit[1])
+        if der is None:
+            return None
+        self.cache_hits += 1
+        return Answer(der, "revoked" if entry.state.status == "hold" else entry.state.status, entry.expires)
+
+    def answer_cached(self, parsed: ParsedRequest, data: bytes = b"") -> Answer | None:
         """The common case without touching the database: one CertID, no nonce, cached."""
         if parsed.nonce_value is not None or len(parsed.cert_ids) != 1:
             return None
@@ -1015,6 +1036,10 @@ class OcspResponder:
         der = entry.ders.get(cert_id.hash_name)
         if der is None:
             return None
+        if data:
+            if len(self._raw) >= 200_000:
+                self._raw.clear()
+            self._raw[data] = ((ca_id, cert_id.serial), cert_id.hash_name)
         self.cache_hits += 1
         return Answer(der, entry.state.status if entry.state.status != "hold" else "revoked", entry.expires)
 
@@ -1158,10 +1183,12 @@ class OcspResponder:
                     ],
                 )
                 return
-            parsed = parse_request(data)
-            answer = self.answer_cached(parsed)
+            answer = self.answer_raw(data)
             if answer is None:
-                answer = await anyio.to_thread.run_sync(self.answer, parsed)
+                parsed = parse_request(data)
+                answer = self.answer_cached(parsed, data)
+                if answer is None:
+                    answer = await anyio.to_thread.run_sync(self.answer, parsed)
         except OcspError as error:
             answer = Answer(error_response(error.status), STATUS_NAMES[error.status])
         except Exception:
