@@ -217,10 +217,12 @@ def test_narrowing_a_principal_narrows_its_delegates(world: World, s: Session) -
     make(s, "platform-x", ("revocation", "links"), category="delegate", principal_code="bank-a")
     token = vs.issue_token(s, "platform-x", actor=OP, now=NOW).token
     s.commit()
-    assert vs.identify_token(s, token, now=NOW).services == {"revocation", "links"}  # type: ignore[union-attr]
+    who = vs.identify_token(s, token, now=NOW)
+    assert who is not None and who.services == {"revocation", "links"}
     vs.update_verifier(s, "bank-a", services=["revocation"], actor=OP, now=NOW)
     s.commit()
-    assert vs.identify_token(s, token, now=NOW).services == {"revocation"}  # type: ignore[union-attr]
+    who = vs.identify_token(s, token, now=NOW)
+    assert who is not None and who.services == {"revocation"}
     with pytest.raises(VerifierError) as error:
         vs.update_verifier(s, "platform-x", services=["links"], actor=OP, now=NOW)
     assert error.value.rule == "principal_services"
@@ -338,14 +340,15 @@ def test_usage_counts_per_service_and_day(world: World, s: Session) -> None:
     listed = {v.code: (v.requests_today, v.requests_30_days) for v in vs.list_verifiers(s, now=NOW)}
     assert listed == {"bank-a": (1004, 1011), "bank-b": (1, 1)}
     before = count(s, VerifierUsage)
-    for args, rule in [
+    bad: list[tuple[tuple[Any, ...], str]] = [
         (("bank-a", "telnet"), "enum"),
         (("bank-a", "ocsp", 0), "range"),
         (("bank-a", "ocsp", True), "range"),
         (("nobody", "ocsp"), "unknown_verifier"),
-    ]:
+    ]
+    for args, rule in bad:
         with pytest.raises(VerifierError) as error:
-            vs.record_usage(s, *args)  # type: ignore[arg-type]
+            vs.record_usage(s, *args)
         assert error.value.rule == rule
     assert count(s, VerifierUsage) == before
 
@@ -584,14 +587,15 @@ def test_issuance_records_are_queried_and_audited(world: World, s: Session) -> N
         ("national_operator", ""),
         ("resident", world.code),
     ]
-    for kw, field, rule in [
+    bad: list[tuple[dict[str, Any], str, str]] = [
         ({"resident_code": "123"}, "resident_code", "pattern"),
         ({"ca_id": "evil"}, "ca_id", "enum"),
         ({"kind": "passport"}, "kind", "enum"),
         ({"page_size": 1000}, "page_size", "range"),
         ({"since": TODAY, "until": TODAY - timedelta(days=1)}, "until", "period_order"),
         ({"role": "resident"}, "resident_code", "required"),
-    ]:
+    ]
+    for kw, field, rule in bad:
         with pytest.raises(VerifierError) as error:
             vs.issuance_records(s, actor=OP, **kw)
         assert (error.value.field, error.value.rule) == (field, rule)

@@ -81,6 +81,7 @@ class VerifierError(ValueError):
         self.rule = rule
         self.message = message
         self.status = status
+        self.logged = False  # True once the refusal is in the audit log (commit it, then raise)
 
 
 @dataclass(frozen=True)
@@ -645,6 +646,7 @@ def _refuse(
     _verifier_audit(
         session, identity, actor, "refuse", subject, [service], now, rule=error.rule, serial=serial
     )
+    error.logged = True
     return error
 
 
