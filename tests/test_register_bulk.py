@@ -193,7 +193,7 @@ def test_a_household_moving_twice_and_back_counts_its_versions_as_the_single_pat
     households: list[list[str]], session_maker: sessionmaker[Session]
 ) -> None:
     members = max(households, key=len)
-    when = {"notified_on": TODAY, "effective_on": TODAY}
+    when: dict[str, Any] = {"notified_on": TODAY, "effective_on": TODAY}
 
     def move(town: str) -> Relocation:
         return Relocation(

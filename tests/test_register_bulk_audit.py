@@ -21,7 +21,7 @@ from kiban.core.audit import AuditError
 from kiban.core.models.audit import AuditEntry
 
 WHEN = datetime(2026, 11, 25, 3, 0, tzinfo=UTC)
-SHARED = [
+SHARED: list[dict[str, Any]] = [
     {"actor": "clerk-a", "role": "clerk", "action": "update", "purpose": "住民票の異動（転居）"},
     {"actor": "clerk-a", "role": "clerk", "action": "update", "purpose": "住民票の異動（氏名変更）"},
     {"actor": "clerk-b", "role": "clerk", "action": "read", "purpose": "p", "organisation": None},
