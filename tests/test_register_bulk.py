@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from datetime import date, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -38,7 +38,7 @@ FAMILY = [("一括", "イッカツ"), ("渡\U000e0100辺", "ワタナベ"), ("�
 GIVEN = [("花子", "ハナコ"), ("太郎", "タロウ")]
 TOWNS = ["神田錦町", "丸の内", "永田町"]
 
-Command = NameChange | Relocation
+Command: TypeAlias = NameChange | Relocation
 
 
 @pytest.fixture
