@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import io
+import json
 import random
+import re
+import zipfile
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from pypdf import PdfReader
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from kiban.core import accounts
+from kiban.core.accounts import create_user
 from kiban.core.audit import AuditEntry
+from kiban.core.config import Settings
 from kiban.core.documents import KeyDirectorySigners, content_hash, verify_document
 from kiban.core.events import Registry, drain, row_to_event
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
 from kiban.core.models.events import OutboxEvent
 from kiban.network import service as network
 from kiban.network.handlers import register_handlers as network_handlers
+from kiban.numbering import api as numbering_api
 from kiban.numbering import letters
 from kiban.numbering import service as numbering
 from kiban.numbering.models import NumberLetter
@@ -30,6 +40,7 @@ from kiban.register.loader import load_population
 from kiban.register.models import Resident
 from kiban.register.population import generate_population
 from kiban.register.schemas import Actor, Birth, PersonData
+from kiban.web.app import WebOptions, create_app
 
 TODAY = date(2026, 11, 25)
 A = "131016"  # 千代田区
@@ -287,3 +298,89 @@ def test_a_change_needs_a_reason_and_a_number_and_changes_nothing_otherwise(
         )
         == 0
     )
+
+
+# --- the national operator's API ---------------------------------------------------------------------
+
+PASSWORD = "correct horse battery"
+HTML = {"accept": "text/html,application/xhtml+xml"}
+
+
+def login(app: Any, username: str) -> TestClient:
+    client = TestClient(app, raise_server_exceptions=False)
+    page = client.get("/login", headers=HTML)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token
+    data = {"username": username, "password": PASSWORD, "csrf_token": token.group(1)}
+    assert client.post("/login", data=data, headers=HTML, follow_redirects=False).status_code == 303
+    client.headers["X-CSRF-Token"] = client.get("/api/session").json()["csrf_token"]
+    return client
+
+
+def test_the_operator_api_downloads_a_batch_and_changes_a_number(
+    cutoff: datetime,
+    session_maker: sessionmaker[Session],
+    registry: Registry,
+    s: Session,
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**4)
+    code = born(session_maker, registry, s)
+    with session_maker.begin() as tx:
+        create_user(tx, "operator", PASSWORD, "national_operator", display_name="運用 太郎")
+        create_user(tx, "clerk", PASSWORD, "clerk", municipality_code=A, display_name="千代田 職員")
+    settings = Settings(data_dir=tmp_path / "data", database_url_override=db_url)
+    settings.ensure_dirs()
+    (settings.keys_dir / "numbering.key").write_bytes(bytes(range(32)))
+    (settings.keys_dir / "numbering.key").chmod(0o600)
+    app = create_app(
+        settings,
+        options=WebOptions(login_burst=1000, deliver_events=False),
+        capabilities=[lambda a: a.include_router(numbering_api.router)],
+    )
+    try:
+        operator = login(app, "operator")
+        response = operator.post(
+            "/api/numbering/letters", json={"limit": 10, "assigned_since": cutoff.isoformat()}
+        )
+        assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+        archive = zipfile.ZipFile(io.BytesIO(response.content))
+        manifest = json.loads(archive.read("manifest.json"))
+        [entry] = manifest["letters"]
+        assert entry["resident_code"] == code and entry["kind"] == "assigned"
+        number = numbering.active_number(s, code)
+        assert number is not None and number not in json.dumps(manifest)
+        assert f"{number[:4]} {number[4:8]} {number[8:]}" in text_of(archive.read(entry["file"]))
+        again = operator.post(
+            "/api/numbering/letters", json={"limit": 10, "assigned_since": cutoff.isoformat()}
+        )
+        assert json.loads(zipfile.ZipFile(io.BytesIO(again.content)).read("manifest.json"))["letters"] == []
+
+        bad = operator.post("/api/numbering/number-change", json={"resident_code": code, "reason": " "})
+        assert bad.status_code == 422
+        assert [(e["field"], e["rule"]) for e in bad.json()["errors"]] == [("reason", "reason_required")]
+        changed = operator.post(
+            "/api/numbering/number-change",
+            json={"resident_code": code, "reason": "漏えい", "requested_by": "mayor"},
+        )
+        assert changed.status_code == 200, changed.text
+        assert changed.json() == {
+            "resident_code": code,
+            "card_reissue_required": True,
+            "letter": "next_batch",
+        }
+        s.expire_all()
+        assert numbering.active_number(s, code) != number
+
+        clerk = login(app, "clerk")
+        assert clerk.post("/api/numbering/letters", json={}).status_code == 403
+        assert (
+            clerk.post(
+                "/api/numbering/number-change", json={"resident_code": code, "reason": "x"}
+            ).status_code
+            == 403
+        )
+    finally:
+        app.state.engine.dispose()

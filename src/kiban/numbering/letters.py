@@ -33,7 +33,7 @@ from reportlab.pdfgen.canvas import Canvas
 from sqlalchemy import exists, select
 from sqlalchemy.orm import Session
 
-from kiban.core import audit
+from kiban.core import audit, master
 from kiban.core.database import utcnow
 from kiban.core.documents import (
     FONT_NAME,
@@ -406,6 +406,11 @@ def change_individual_number(
         raise NumberingError("actor", "required", "who changes the number must be named")
     if municipality_code is None:
         municipality_code = _municipality_of(session, code)
+    else:
+        try:
+            municipality_code = master.municipality(municipality_code).code
+        except master.MasterError as exc:
+            raise NumberingError("municipality_code", exc.rule, str(exc)) from exc
     new_number = reissue_individual_number(session, code, cipher, reason)
     emit(
         session,
