@@ -7,7 +7,7 @@ import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +226,7 @@ def test_the_feed_pages_through_identity_changes_only_once_each(session_maker: s
     pages = 0
     while True:
         with session_maker.begin() as s:
-            page = exports.identity_change_feed(s, OPERATOR, after=cursor, limit=2)
+            page = exports.identity_change_feed(s, OPERATOR, after=cursor, limit=2, settle=timedelta(0))
         if not page.events:
             assert page.next_cursor == cursor
             break
@@ -242,6 +242,19 @@ def test_the_feed_pages_through_identity_changes_only_once_each(session_maker: s
             select(AuditEntry).where(AuditEntry.purpose == "異動等情報の提供（公的個人認証）")
         ).all()
     assert sorted(r.subject for r in reads) == [f"1000000000{i}" for i in range(5)]
+
+
+def test_fresh_events_wait_for_the_settle_window(session_maker: sessionmaker[Session]) -> None:
+    old = datetime.now(UTC) - timedelta(seconds=30)
+    with session_maker.begin() as s:
+        emit(s, "network.identity_changed", "10000000001", {"n": 1}, occurred_at=old)
+        emit(s, "network.identity_changed", "10000000002", {"n": 2})  # just now
+    with session_maker.begin() as s:
+        page = exports.identity_change_feed(s, OPERATOR)
+    assert [e["payload"]["n"] for e in page.events] == [1]
+    with session_maker.begin() as s:
+        rest = exports.identity_change_feed(s, OPERATOR, after=page.next_cursor, settle=timedelta(0))
+    assert [e["payload"]["n"] for e in rest.events] == [2]
 
 
 @pytest.mark.parametrize(
@@ -402,5 +415,6 @@ def test_the_cli_writes_the_csv_and_pages_the_feed(
     assert bad.exit_code == 2 and "year_month" in bad.output
     with session_maker.begin() as s:
         emit(s, "network.identity_changed", "10000000001", {"resident_code": "10000000001"})
-    feed = runner.invoke(cli_app, ["identity-changes", "--after", "0", "--data", str(tmp_path)])
+    args = ["identity-changes", "--after", "0", "--settle-seconds", "0", "--data", str(tmp_path)]
+    feed = runner.invoke(cli_app, args)
     assert feed.exit_code == 0 and '"key":"10000000001"' in feed.output and "next_cursor=" in feed.output

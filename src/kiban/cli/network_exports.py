@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import getpass
 import json
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -79,6 +80,7 @@ def move_ins(
 def identity_changes(
     after: int = typer.Option(0, "--after", min=0, help="Cursor: the last event already taken."),
     limit: int = typer.Option(100, "--limit", min=1, max=1000, help="Events per page."),
+    settle: float = typer.Option(5.0, "--settle-seconds", min=0, help="Only events at least this old."),
     data: Path = typer.Option(None, "--data", help="Data directory."),
 ) -> None:
     """The 異動等情報 feed after a cursor, one JSON object per line, then the next cursor on stderr."""
@@ -88,7 +90,9 @@ def identity_changes(
     try:
         with factory() as session:
             try:
-                page = identity_change_feed(session, _caller(), after=after, limit=limit)
+                page = identity_change_feed(
+                    session, _caller(), after=after, limit=limit, settle=timedelta(seconds=settle)
+                )
             except ExportError as exc:
                 typer.echo(f"{exc.field}: {exc.message} (rule: {exc.rule})", err=True)
                 raise typer.Exit(2) from None

@@ -23,7 +23,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
@@ -31,6 +31,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, aliased
 
 from kiban.core import audit
+from kiban.core.database import utcnow
 from kiban.core.identifiers import IdentifierError, validate_individual_number, validate_resident_code
 from kiban.core.models.events import OutboxEvent
 from kiban.network.models import NationalIdentity
@@ -50,6 +51,10 @@ MIGRATION_REASON = "move_in"  # 転入 (from another municipality); 国外から
 AGE_STEP = 5
 AGE_TOP = 90  # "90+" as the last group (人口移動報告: 90歳以上)
 FEED_LIMIT = 1_000
+# Outbox sequence numbers are taken at insert, commits may land out of that order (PostgreSQL):
+# an event is handed out only once it is this old, so a slower transaction's event with a lower
+# number is not skipped by a cursor that already moved past it (see the docs).
+FEED_SETTLE = timedelta(seconds=5)
 _MONTH = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 
 CSV_COLUMNS = (
@@ -256,12 +261,20 @@ def _int(value: object, field: str, low: int, high: int | None = None) -> int:
     return value
 
 
-def identity_change_feed(session: Session, caller: Caller, *, after: int = 0, limit: int = 100) -> FeedPage:
+def identity_change_feed(
+    session: Session,
+    caller: Caller,
+    *,
+    after: int = 0,
+    limit: int = 100,
+    settle: timedelta = FEED_SETTLE,
+) -> FeedPage:
     """Up to ``limit`` ``network.identity_changed`` events after the cursor ``after`` (read-only).
 
     The cursor is the event's outbox sequence number: strictly increasing in commit order per
-    key, and an event is never handed out twice by following ``next_cursor``. Each event handed
-    out is one audit entry (subject the 住民票コード, the CA as organisation).
+    key, and an event is never handed out twice by following ``next_cursor``. Events younger than
+    ``settle`` wait for a later call (commit order). Each event handed out is one audit entry
+    (subject the 住民票コード, the CA as organisation).
     """
     _authorise(session, caller, CA_FEED_ROLES, "異動等情報の提供（公的個人認証）")
     after = _int(after, "after", 0)
@@ -269,7 +282,11 @@ def identity_change_feed(session: Session, caller: Caller, *, after: int = 0, li
     rows = list(
         session.scalars(
             select(OutboxEvent)
-            .where(OutboxEvent.seq > after, OutboxEvent.type == IDENTITY_CHANGED_OUT)
+            .where(
+                OutboxEvent.seq > after,
+                OutboxEvent.type == IDENTITY_CHANGED_OUT,
+                OutboxEvent.occurred_at <= utcnow() - settle,
+            )
             .order_by(OutboxEvent.seq)
             .limit(limit)
         )
