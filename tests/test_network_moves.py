@@ -331,3 +331,10 @@ def test_a_forwarded_message_without_its_certificate_is_refused(
     with session_maker.begin() as tx, pytest.raises(ValueError, match="required"):
         receive_forwarded_move_out(tx, event)
     assert s.scalar(select(func.count()).select_from(MoveOutCertificate)) == 0
+
+
+def test_subscribing_the_relay_twice_is_harmless() -> None:
+    registry = full_registry()
+    moves.register_handlers(registry)
+    assert len(registry.find("network.forward_move_out")) == 1
+    assert len(registry.find("network.forward_move_in")) == 1

@@ -332,6 +332,12 @@ def _move_in_handler(session: Session, event: DomainEvent) -> None:
 
 
 def register_handlers(registry: Registry) -> None:
-    """Subscribe the network's relay of the 転出証明書情報 and the 転入通知."""
-    registry.add(MOVED_OUT, "network.forward_move_out", _move_out_handler)
-    registry.add(MOVED_IN, "network.forward_move_in", _move_in_handler)
+    """Subscribe the network's relay of the 転出証明書情報 and the 転入通知 (once: a second call is a no-op).
+
+    Idempotent because several wirings call it (``kiban.network.handlers``, the distributed
+    national node, the register's transitional hook) and a registry refuses a name twice.
+    """
+    if not registry.find("network.forward_move_out"):
+        registry.add(MOVED_OUT, "network.forward_move_out", _move_out_handler)
+    if not registry.find("network.forward_move_in"):
+        registry.add(MOVED_IN, "network.forward_move_in", _move_in_handler)
