@@ -116,7 +116,7 @@ def snapshot(s: Session) -> dict[str, Any]:
     s.expire_all()
     return {
         "cards": sorted((c.card_id, c.state, c.version) for c in s.scalars(select(Card))),
-        "forms": sorted((f.application_id, f.used_at) for f in s.scalars(select(ApplicationForm))),
+        "forms": sorted(f.application_id for f in s.scalars(select(ApplicationForm))),
         "transitions": s.scalar(select(func.count()).select_from(Transition)),
         "queue": s.scalar(select(func.count()).select_from(QueueMessage)),
         "events": s.scalar(select(func.count()).select_from(OutboxEvent)),

@@ -1,7 +1,8 @@
 """Tables of the card lifecycle (カード管理, SPEC K4).
 
 - ``cards_forms``: 交付申請書 with their 申請書ID, each issued for one person; a paper, online or
-  bulk application names one. Used once.
+  bulk application names one. Used once: a form is used exactly when a card row carries its
+  申請書ID (a unique index), so there is no second flag to keep in step.
 - ``cards_cards``: one row per application = one card through its whole life (state machine in
   :mod:`kiban.cards.states`). No PIN and no private key is ever stored: only the public keys the
   card handed over and the serials of its certificates.
@@ -36,7 +37,6 @@ class ApplicationForm(Base):
     resident_code: Mapped[str] = mapped_column(String(11))
     municipality_code: Mapped[str] = mapped_column(String(6))
     issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
-    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
 
 class Card(Base):

@@ -29,7 +29,6 @@ def upgrade() -> None:
         sa.Column("resident_code", sa.String(11), nullable=False),
         sa.Column("municipality_code", sa.String(6), nullable=False),
         sa.Column("issued_at", UTCDateTime(), nullable=False),
-        sa.Column("used_at", UTCDateTime(), nullable=True),
     )
     op.create_index("ix_cards_forms_resident_code", "cards_forms", ["resident_code"])
     op.create_table(

@@ -1,0 +1,216 @@
+"""Bulk application intake (申請受付の一括処理): employer bulk files and the daily paper/online load.
+
+The same rules as :func:`kiban.cards.service.apply`, applied to many lines at once with a few
+set-based queries per chunk instead of several per line: each line is accepted or refused on its
+own (the refusal names the line, field and rule), accepted lines are written with multi-row
+INSERTs, and one audit entry per accepted application is appended with
+:func:`kiban.core.audit.record_batch`.
+
+The register has no bulk read function yet, so the residents' status is read here straight from
+``residents`` — read-only, the same fields :func:`kiban.register.service.get_record` would give
+(status, 消除事由, birth date, 住民となった日). That is the one place where the cards capability reads
+another capability's table; a ``register.service`` bulk reader would replace it (docs/cards.md).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import Table, insert, select
+from sqlalchemy.orm import Session
+
+from kiban.cards import states
+from kiban.cards.models import ApplicationForm, Card, Transition
+from kiban.cards.service import (
+    CHANNELS,
+    ITEMS,
+    PURPOSE,
+    Actor,
+    Application,
+    aware_now,
+    new_card_id,
+    today_jst,
+)
+from kiban.core import audit
+from kiban.register.models import Resident
+
+CHUNK = 5_000
+
+
+@dataclass(frozen=True)
+class LineError:
+    line: int  # 0-based index in the submitted list
+    field: str
+    rule: str
+
+
+@dataclass
+class IntakeResult:
+    accepted: list[str] = field(default_factory=list)  # card ids, in line order
+    refused: list[LineError] = field(default_factory=list)
+
+
+def apply_many(
+    session: Session, actor: Actor, applications: Sequence[Application], *, now: datetime | None = None
+) -> IntakeResult:
+    """Take in many applications; each line accepted or refused alone. Express (特急) is a counter
+    matter and is refused in bulk."""
+    moment = aware_now(now)
+    today = today_jst(moment)
+    result = IntakeResult()
+    # The audit entries of one run share their detail (the run's id), which the audit log checks
+    # once per call; the card of an entry is found by its subject and the run in cards_transitions.
+    run_id = str(uuid.uuid4())
+    for start in range(0, len(applications), CHUNK):
+        _chunk(session, actor, applications[start : start + CHUNK], start, moment, today, result, run_id)
+    result.refused.sort(key=lambda e: e.line)
+    return result
+
+
+def _chunk(
+    session: Session,
+    actor: Actor,
+    lines: Sequence[Application],
+    offset: int,
+    moment: datetime,
+    today: Any,
+    result: IntakeResult,
+    run_id: str,
+) -> None:
+    candidates: list[tuple[int, Application]] = []
+    for i, app in enumerate(lines, start=offset):
+        aid = app.application_id
+        if not isinstance(aid, str) or len(aid) != 23 or not aid.isdigit():
+            result.refused.append(LineError(i, "application_id", "format"))
+        elif app.channel not in CHANNELS:
+            result.refused.append(LineError(i, "channel", "channel"))
+        elif app.channel == "bulk" and not (app.employer or "").strip():
+            result.refused.append(LineError(i, "employer", "required"))
+        elif app.express_reason is not None:
+            result.refused.append(LineError(i, "express_reason", "express_not_in_bulk"))
+        else:
+            candidates.append((i, app))
+    if not candidates:
+        return
+    ids = [app.application_id for _, app in candidates]
+    forms = {
+        f.application_id: f
+        for f in session.execute(
+            select(
+                ApplicationForm.application_id,
+                ApplicationForm.resident_code,
+                ApplicationForm.municipality_code,
+            ).where(ApplicationForm.application_id.in_(ids))
+        )
+    }
+    used = set(session.scalars(select(Card.application_id).where(Card.application_id.in_(ids))))
+    codes = list({f.resident_code for f in forms.values()})
+    records: dict[tuple[str, str], Any] = {}
+    for row in session.execute(
+        select(
+            Resident.resident_code,
+            Resident.municipality_code,
+            Resident.status,
+            Resident.removed_reason,
+            Resident.removed_at,
+            Resident.created_at,
+        ).where(Resident.resident_code.in_(codes))
+    ):
+        key = (row.resident_code, row.municipality_code)
+        best = records.get(key)
+        rank = (row.status == "active", row.removed_at or row.created_at)
+        if best is None or rank > (best.status == "active", best.removed_at or best.created_at):
+            records[key] = row
+    pending = set(
+        session.scalars(
+            select(Card.resident_code).where(
+                Card.resident_code.in_(codes), Card.state.in_(states.BEFORE_ISSUE - {states.DEFECTIVE})
+            )
+        )
+    )
+    cards: list[dict[str, Any]] = []
+    transitions: list[dict[str, Any]] = []
+    entries: list[dict[str, Any]] = []
+    seen_forms: set[str] = set()
+    for i, app in candidates:
+        form = forms.get(app.application_id)
+        if form is None:
+            result.refused.append(LineError(i, "application_id", "unknown_application_id"))
+            continue
+        if app.application_id in used or app.application_id in seen_forms:
+            result.refused.append(LineError(i, "application_id", "already_used"))
+            continue
+        if form.resident_code in pending:
+            result.refused.append(LineError(i, "application_id", "pending_application"))
+            continue
+        record = records.get((form.resident_code, form.municipality_code))
+        if record is None:
+            result.refused.append(LineError(i, "application_id", "not_found"))
+            continue
+        if record.status != "active":
+            rule = {
+                "死亡": "resident_dead",
+                "転出": "resident_moved_out",
+                "国外転出": "resident_moved_out",
+            }.get(record.removed_reason or "", "not_resident")
+            result.refused.append(LineError(i, "application_id", rule))
+            continue
+        seen_forms.add(app.application_id)
+        pending.add(form.resident_code)
+        card_id = new_card_id()
+        cards.append(
+            {
+                "card_id": card_id,
+                "application_id": app.application_id,
+                "resident_code": form.resident_code,
+                "municipality_code": form.municipality_code,
+                "channel": app.channel,
+                "employer": (app.employer or None) if app.channel == "bulk" else None,
+                "state": states.APPLIED,
+                "state_since": moment,
+                "applied_on": today,
+                "defect_code": None,
+                "express": False,
+                "express_reason": None,
+                "express_due": None,
+                "overseas": False,
+                "version": 1,
+                "created_at": moment,
+                "updated_at": moment,
+            }
+        )
+        transitions.append(
+            {
+                "card_id": card_id,
+                "from_state": None,
+                "to_state": states.APPLIED,
+                "at": moment,
+                "actor": actor.username[:64],
+                "reason": f"{app.channel} intake {run_id}",
+                "request_id": None,
+            }
+        )
+        entries.append(
+            {
+                "actor": actor.username,
+                "role": actor.role,
+                "action": "create",
+                "purpose": PURPOSE,
+                "subject": form.resident_code,
+                "items": ITEMS,
+                "organisation": actor.municipality_code,
+                "detail": {"intake": run_id, "to": states.APPLIED, "channel": app.channel},
+            }
+        )
+        result.accepted.append(card_id)
+    if not cards:
+        return
+    # Core statements on the session's connection: same transaction, no ORM objects to build.
+    connection = session.connection()
+    connection.execute(insert(cast(Table, Card.__table__)), cards)
+    connection.execute(insert(cast(Table, Transition.__table__)), transitions)
+    audit.record_batch(session, entries)

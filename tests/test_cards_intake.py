@@ -1,0 +1,75 @@
+"""Bulk application intake (employer bulk files, the daily load): the single path's rules, line by line."""
+
+from __future__ import annotations
+
+from datetime import date
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from cards_support import CLERK, A, adults, registry, s, snapshot, world  # noqa: I001 - tests/ is on the path
+from kiban.cards import service, states
+from kiban.cards.intake import LineError, apply_many
+from kiban.cards.models import Card
+from kiban.cards.service import Application
+from kiban.core.audit import AuditEntry
+from kiban.register import service as register
+from kiban.register.schemas import Actor as RegisterActor
+from kiban.register.schemas import Death, Target
+
+__all__ = ["registry", "s", "world"]  # fixtures used by name
+
+
+def test_bulk_lines_are_accepted_or_refused_alone(world: list[str], s: Session) -> None:
+    people = adults(s, non_head=True)
+    dead = people[0]
+    others = [r.resident_code for r in adults(s) if r.resident_code != dead.resident_code][:4]
+    forms = service.issue_forms(s, CLERK, [dead.resident_code, *others], A)
+    today = date.today()
+    register.death(
+        s,
+        RegisterActor(username="clerk-a", municipality_code=A),
+        Death(notified_on=today, effective_on=today, target=Target(resident_code=dead.resident_code)),
+    )
+    pending = service.apply(s, service.Actor("clerk-a", "clerk", A), Application(forms[others[3]]))
+    extra = service.issue_forms(s, CLERK, [others[3]], A)[others[3]]
+    s.commit()
+    audit_before = s.scalar(select(func.count()).select_from(AuditEntry))
+    lines = [
+        Application(forms[others[0]], channel="bulk", employer="株式会社サンプル"),  # 0 ok
+        Application("9" * 23, channel="bulk", employer="株式会社サンプル"),  # 1 unknown
+        Application(forms[dead.resident_code], channel="bulk", employer="株式会社サンプル"),  # 2 dead
+        Application(forms[others[0]], channel="bulk", employer="株式会社サンプル"),  # 3 same form again
+        Application(forms[others[1]], channel="bulk"),  # 4 no employer
+        Application("12", channel="online"),  # 5 malformed
+        Application(forms[others[2]], channel="online", express_reason="loss"),  # 6 express in bulk
+        Application(extra, channel="online"),  # 7 already has a card on its way
+        Application(forms[others[2]], channel="online"),  # 8 ok
+    ]
+    result = apply_many(s, CLERK, lines)
+    s.commit()
+    assert result.refused == [
+        LineError(1, "application_id", "unknown_application_id"),
+        LineError(2, "application_id", "resident_dead"),
+        LineError(3, "application_id", "already_used"),
+        LineError(4, "employer", "required"),
+        LineError(5, "application_id", "format"),
+        LineError(6, "express_reason", "express_not_in_bulk"),
+        LineError(7, "application_id", "pending_application"),
+    ]
+    assert len(result.accepted) == 2
+    rows = {c.card_id: c for c in s.scalars(select(Card).where(Card.card_id.in_(result.accepted)))}
+    assert {r.resident_code for r in rows.values()} == {others[0], others[2]}
+    assert all(r.state == states.APPLIED for r in rows.values())
+    assert rows[result.accepted[0]].employer == "株式会社サンプル"
+    assert s.scalar(select(func.count()).select_from(AuditEntry)) == audit_before + 2
+    assert [t.to_state for t in service.history(s, result.accepted[0])] == ["applied"]
+    assert pending.state == states.APPLIED
+
+
+def test_a_wholly_bad_batch_changes_nothing(world: list[str], s: Session) -> None:
+    before = snapshot(s)
+    result = apply_many(s, CLERK, [Application("1" * 23), Application("bad")])
+    s.commit()
+    assert result.accepted == [] and len(result.refused) == 2
+    assert snapshot(s) == before
