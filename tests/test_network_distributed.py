@@ -26,7 +26,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,19 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from kiban.core.database import import_all_models, make_engine, session_factory, upgrade
-from kiban.core.events import DomainEvent, row_to_event
+from kiban.core.events import DomainEvent, emit, row_to_event
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
 from kiban.core.models.events import EventFailure, InboxEntry, OutboxEvent
 from kiban.core.nats_bus import consumer_handler_name
-from kiban.network.distributed import UP_TYPES, fetch_backlog
+from kiban.network.distributed import (
+    UP_TYPES,
+    NationalNumbering,
+    check_prefix,
+    down_subject,
+    fetch_backlog,
+    unpublished_by_municipality,
+    up_subject,
+)
 from kiban.network.models import (
     NationalIdentity,
     PrefecturalIdentity,
@@ -49,23 +57,26 @@ from kiban.network.models import (
     RestrictionCopy,
     RestrictionSet,
 )
+from kiban.network.service import apply_identity_change
 from kiban.numbering import service as numbering
 from kiban.numbering.models import IndividualNumber
 from kiban.register import service
 from kiban.register.loader import load_population
-from kiban.register.models import Resident, Restriction
+from kiban.register.models import MoveOutCertificate, Resident, Restriction
 from kiban.register.population import generate_population
 from kiban.register.schemas import (
     Actor,
     Address,
+    HouseholdChoice,
     LiftRestriction,
+    MoveIn,
+    MoveInPerson,
+    MoveOut,
     NameChange,
     Relocation,
     SetRestriction,
     Target,
 )
-
-pytestmark = [pytest.mark.nats, pytest.mark.slow]
 
 NATS_URL = os.environ.get("KIBAN_TEST_NATS_URL", "nats://127.0.0.1:4222")
 SRC = Path(__file__).parent.parent / "src"
@@ -213,6 +224,20 @@ def _count(factory: sessionmaker[Session], model: Any, *where: Any) -> int:
         return int(s.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 
 
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return str(response.read().decode())
+
+
+def _gauge(direction: str, municipality: str) -> str:
+    return f'kiban_network_backlog_messages{{direction="{direction}",municipality="{municipality}"}} 0.0'
+
+
+def _drained(port: int, direction: str) -> bool:
+    text = _scrape(port)
+    return all(_gauge(direction, m) in text for m in (A, B))
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -325,9 +350,59 @@ def _restrict(factory: sessionmaker[Session], code: str, municipality: str, *, l
             )
 
 
+def _move_out(factory: sessionmaker[Session], code: str) -> None:
+    """転出 from 千代田区 to 岐阜市: the 転出証明書情報 goes through the national node."""
+    with factory.begin() as s:
+        service.move_out(
+            s,
+            Actor(username=f"clerk-{A}", municipality_code=A),
+            MoveOut(
+                notified_on=TODAY - timedelta(days=3),
+                effective_on=TODAY - timedelta(days=1),
+                targets=[Target(resident_code=code)],
+                destination_municipality_code=B,
+                destination_address="岐阜県岐阜市大宮町1番地",
+            ),
+            today=TODAY,
+        )
+
+
+def _move_in(factory: sessionmaker[Session], code: str) -> None:
+    with factory.begin() as s:
+        person = s.scalars(select(Resident).where(Resident.resident_code == code)).one()
+        service.move_in(
+            s,
+            Actor(username=f"clerk-{B}", municipality_code=B),
+            MoveIn(
+                notified_on=TODAY,
+                effective_on=TODAY - timedelta(days=1),
+                persons=[
+                    MoveInPerson(
+                        resident_code=code,
+                        family_name=person.family_name,
+                        given_name=person.given_name,
+                        birth_date=person.birth_date,
+                        sex=1 if person.sex == 1 else 2,
+                    )
+                ],
+                address=Address(town="大宮町", banchi="1番地"),
+                household=HouseholdChoice(),
+            ),
+            today=TODAY,
+        )
+
+
+def _certificates(factory: sessionmaker[Session], code: str) -> set[tuple[str, str, str]]:
+    with factory() as s:
+        rows = s.scalars(select(MoveOutCertificate).where(MoveOutCertificate.resident_code == code))
+        return {(r.role, r.holder_municipality_code, r.status) for r in rows}
+
+
 # --- the test ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.nats
+@pytest.mark.slow
 def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream(
     engine: Any,
     session_maker: sessionmaker[Session],
@@ -346,13 +421,24 @@ def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream
     first = {m: [c for c in sorted(unnumbered) if where[c] == m] for m in (A, B)}
     in_a, in_b = ([c for c in codes if where.get(c) == m] for m in (A, B))
     dv = [in_a[1], in_b[1], in_a[2]]  # DV等支援措置 in both municipalities
+    # One person moves from 千代田区 to 岐阜市 (a household of one, left out of the bulk changes).
+    mover_household = next(
+        h
+        for h, members in households[A].items()
+        if len(members) == 1 and members[0] not in {*dv, *unnumbered}
+    )
+    [mover] = households[A].pop(mover_household)
     common = ["--nats", NATS_URL, "--stream", stream, "--prefix", prefix]
     port = _free_port()
     national_args = [
         "national", "--db", national_url, *common, "--numbering-key", str(tmp_path / "numbering.key"),
         "--batch", "50", "--metrics-port", str(port),
     ]  # fmt: skip
-    municipal_args = ["municipal", "--db", db_url, *common, "--municipality", A, "--municipality", B]
+    municipal_port = _free_port()
+    municipal_args = [
+        "municipal", "--db", db_url, *common, "--municipality", A, "--municipality", B,
+        "--metrics-port", str(municipal_port),
+    ]  # fmt: skip
     nodes: list[Node] = []
 
     def start(label: str, args: list[str]) -> Node:
@@ -369,6 +455,14 @@ def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream
         # Round 1 and 2: 2 × 2 × 400 register changes (more events: a 転居 moves a whole household).
         _apply_round(municipal, households, 400, rng, first)
         _restrict(municipal, dv[0], where[dv[0]])
+        _move_out(municipal, mover)
+        _wait_for(
+            lambda: ("received", B, "pending") in _certificates(municipal, mover),
+            60,
+            "the 転出証明書情報 to reach 岐阜市 through the national node",
+            nodes,
+        )
+        _move_in(municipal, mover)
         _apply_round(municipal, households, 400, rng, {A: [], B: []})
         _restrict(municipal, dv[1], where[dv[1]])
         total = _count(municipal, OutboxEvent, OutboxEvent.type == "register.identity_changed")
@@ -426,7 +520,19 @@ def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream
             "the 個人番号 to reach the municipality",
             nodes,
         )
-        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        # The 転入通知 went back to 千代田区 the same way: its 転出 is completed.
+        _wait_for(
+            lambda: ("issued", A, "completed") in _certificates(municipal, mover),
+            60,
+            "the 転入通知 to complete the 転出 at 千代田区",
+            nodes,
+        )
+        # The gauges are snapshots renewed every few seconds.
+        _wait_for(lambda: _drained(port, "up"), 30, "the up backlog gauges at 0", nodes, poll=0.5)
+        _wait_for(
+            lambda: _drained(municipal_port, "down"), 30, "the down backlog gauges at 0", nodes, poll=0.5
+        )
+        metrics, municipal_metrics = _scrape(port), _scrape(municipal_port)
         time.sleep(0.5)  # room for a duplicate to show up, if there were one
         assert national_node.stop() == 0, national_node.log()
         assert municipal_node.stop() == 0, municipal_node.log()
@@ -479,8 +585,21 @@ def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream
     for v in versions:
         got.setdefault(v.resident_code, []).append(v.event_id)
     assert got == expected  # nothing lost, nothing doubled, each person's changes in the register's order
-    assert [v.event_id for v in prefectural] == [v.event_id for v in versions]
-    assert all(p.prefecture_code == where[p.resident_code][:2] for p in prefectural)
+    # Each prefecture's copy: the versions sent by its municipalities, in order (the mover is in both).
+    expected_prefectural: dict[tuple[str, str], list[str]] = {}
+    for event in events:
+        prefecture = event.payload["municipality_code"][:2]
+        expected_prefectural.setdefault((prefecture, event.key), []).append(event.id)
+    got_prefectural: dict[tuple[str, str], list[str]] = {}
+    for p in prefectural:
+        got_prefectural.setdefault((p.prefecture_code, p.resident_code), []).append(p.event_id)
+    assert got_prefectural == expected_prefectural
+    assert [(v.municipality_code, v.status, v.reason_ja) for v in versions if v.resident_code == mover][
+        -2:
+    ] == [
+        (A, "removed", "転出"),
+        (B, "active", "転入"),
+    ]
     assert inbox == total
     for v in versions:
         payload = by_id[v.event_id].payload
@@ -538,13 +657,24 @@ def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream
             ("up", "register.restriction_changed"),
             ("down", "numbering.number_assigned"),
         ]
+    } | {
+        f"up.{A}.register.moved_out",
+        f"down.{B}.network.move_out_forwarded",
+        f"up.{B}.register.moved_in",
+        f"down.{A}.network.move_in_forwarded",
     }
     # Lag and backlog are on the national node's /metrics, per municipality.
     for m in (A, B):
-        assert f'kiban_network_backlog_messages{{direction="up",municipality="{m}"}}' in metrics
+        assert _gauge("up", m) in metrics
         assert f'kiban_network_replication_lag_seconds{{municipality="{m}"' in metrics
+        # …and the municipal node's: nothing left in its outbox, nothing waiting to come down.
+        assert f'kiban_network_unpublished_events{{municipality="{m}"}} 0.0' in municipal_metrics
+        assert (
+            f'kiban_network_backlog_messages{{direction="down",municipality="{m}"}} 0.0' in municipal_metrics
+        )
 
 
+@pytest.mark.nats
 def test_malformed_and_out_of_order_messages_are_quarantined_with_a_reason(
     national: sessionmaker[Session], national_url: str, net: tuple[str, str], tmp_path: Path
 ) -> None:
@@ -632,3 +762,109 @@ def test_malformed_and_out_of_order_messages_are_quarantined_with_a_reason(
     assert garbage.handler == consumer_handler_name("national") and garbage.parked_at is not None
     assert garbage.event_id == "garbage-1" and "json" in garbage.last_error.lower()
     assert "東京都千代田区千代田" not in json.dumps(honseki_row.document, ensure_ascii=False)
+
+
+# --- the parts, in process (no NATS) -----------------------------------------------------------------
+
+
+def _change(code: str, at: datetime, **extra: Any) -> DomainEvent:
+    payload = {
+        "resident_code": code,
+        "municipality_code": B,
+        "family_name": "山田",
+        "given_name": "太郎",
+        "family_name_kana": "ヤマダ",
+        "given_name_kana": "タロウ",
+        "birth_date": "2026-11-01",
+        "sex": 1,
+        "address_text": "岐阜県岐阜市長良1番地",
+        "status": "active",
+        "reason": "birth",
+        "reason_ja": "出生",
+        "effective_on": "2026-11-01",
+        **extra,
+    }
+    return DomainEvent(
+        id=str(uuid.uuid4()),
+        type="register.identity_changed",
+        key=code,
+        schema_version=1,
+        occurred_at=at,
+        payload=payload,
+        source="municipal",
+    )
+
+
+def test_the_national_role_numbers_a_new_code_once_and_the_number_follows_a_code_change(
+    session_maker: sessionmaker[Session],
+) -> None:
+    numberer = NationalNumbering(IndividualNumberCipher(bytes(range(1, 33))))
+    codes = ResidentCodeGenerator(random.Random(31))
+    born, renewed, carrier, gone = (codes.generate() for _ in range(4))
+    t = datetime(2026, 11, 25, 1, 0, tzinfo=UTC)
+
+    def apply(event: DomainEvent) -> str:
+        with session_maker.begin() as s:
+            return apply_identity_change(s, event, numberer=numberer)
+
+    def notices() -> list[tuple[str, str, str]]:
+        with session_maker() as s:
+            rows = s.scalars(select(OutboxEvent).where(OutboxEvent.type == "numbering.number_assigned"))
+            return [(r.key, r.payload["individual_number"], r.payload["municipality_code"]) for r in rows]
+
+    def current(code: str) -> str | None:
+        with session_maker() as s:
+            return s.scalar(
+                select(NationalIdentity.individual_number).where(
+                    NationalIdentity.resident_code == code, NationalIdentity.is_current
+                )
+            )
+
+    # 出生: no number in the message; the national role assigns one, in the same version, and tells B.
+    assert apply(_change(born, t)) == "applied"
+    number = current(born)
+    assert number is not None and notices() == [(born, number, B)]
+    with session_maker() as s:
+        assert numbering.active_number(s, born) == number
+    # The municipality has not written it yet: the next change comes without it; nothing new is made.
+    assert apply(_change(born, t + timedelta(minutes=1), reason="relocation", reason_ja="転居")) == "applied"
+    assert current(born) == number and len(notices()) == 1
+    # 住民票コード変更: the new code is linked to the old one, the number follows the person.
+    moved = _change(renewed, t + timedelta(minutes=2), previous_resident_code=born, reason="code_change")
+    assert apply(moved) == "applied"
+    assert current(renewed) == number and len(notices()) == 1
+    # A message that carries its number, or closes a record, makes no number.
+    carried = _change(carrier, t, individual_number=number_for_test())
+    assert apply(carried) == "applied" and current(carrier) == number_for_test()
+    closed = _change(gone, t, status="removed", reason="death", reason_ja="死亡")
+    assert apply(closed) == "applied" and current(gone) is None
+    with session_maker() as s:
+        assert s.scalar(select(func.count()).select_from(IndividualNumber)) == 1
+    assert len(notices()) == 1
+
+
+def number_for_test() -> str:
+    return MUNICIPAL_CIPHER.number_for(ResidentCodeGenerator(random.Random(99)).generate())
+
+
+def test_subjects_name_the_municipality_and_only_identity_events_count_as_unpublished(
+    session_maker: sessionmaker[Session],
+) -> None:
+    code = ResidentCodeGenerator(random.Random(5)).generate()
+    event = _change(code, datetime(2026, 11, 25, tzinfo=UTC))
+    assert up_subject("kn")(event) == f"kn.up.{B}.register.identity_changed"
+    odd = DomainEvent(**{**event.__dict__, "payload": {**event.payload, "municipality_code": "1.>"}})
+    assert up_subject("kn")(odd) == "kn.up.unknown.register.identity_changed"  # no wildcard injection
+    with pytest.raises(ValueError, match="subject_token"):
+        check_prefix("kiban.net")
+    with session_maker.begin() as s:
+        emit(s, "register.identity_changed", code, event.payload)
+        emit(s, "register.restriction_changed", code, {"resident_code": code, "municipality_code": A})
+        emit(s, "register.moved_out", code, {"from_municipality_code": B, "to_municipality_code": A})
+        emit(s, "numbering.number_assigned", code, {"municipality_code": B})  # stays in the municipality
+        emit(s, "cards.state_changed", code, {"municipality_code": A})  # so does this
+    with session_maker() as s:
+        assert unpublished_by_municipality(s) == {A: 1, B: 2}
+    moved = DomainEvent(**{**event.__dict__, "type": "network.move_out_forwarded", "payload": {
+        "from_municipality_code": B, "to_municipality_code": A}})  # fmt: skip
+    assert down_subject("kn")(moved) == f"kn.down.{A}.network.move_out_forwarded"  # to the destination

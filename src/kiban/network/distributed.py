@@ -5,15 +5,18 @@ Two roles, each a process with its own database, linked by one JetStream stream 
 
 - **Municipal node** (市町村の既存住基システム + CS): the register and its numbering store of
   住民票コード, as in the embedded mode. It relays *only* the 本人確認情報 events of its outbox,
-  :data:`UP_TYPES` (``register.identity_changed``, ``register.restriction_changed``), to
+  :data:`UP_TYPES` (``register.identity_changed``, ``register.restriction_changed``, and the
+  ``register.moved_out`` / ``moved_in`` the network relays to the other municipality), to
   ``<prefix>.up.<municipality>.<type>``; everything else stays in the municipality. It consumes
   ``<prefix>.down.<municipality>.>`` (one durable ``municipal-<code>`` per municipality it hosts):
-  the 個人番号 the national role assigned (``numbering.number_assigned`` / ``…_reissued``).
+  the 個人番号 the national role assigned (``numbering.number_assigned`` / ``…_reissued``) and the
+  moves the network forwards (``network.move_out_forwarded`` / ``network.move_in_forwarded``).
 - **National node** (地方公共団体情報システム機構): the prefectural and national copies, the copy of
   the DV等支援措置 and the 個人番号 (kiban.numbering with the number key, which never leaves this
   node). It consumes ``<prefix>.up.>`` with one durable (``national``), strictly in stream order,
   which is each 住民票コード's order; it relays :data:`DOWN_TYPES` to
-  ``<prefix>.down.<municipality of the person>.<type>``, so a number reaches only its municipality.
+  ``<prefix>.down.<municipality>.<type>`` (the person's, or the move's other end), so a number or
+  a certificate reaches only the municipality it is for.
 
 Both run the outbox relay and the durable consumer of :mod:`kiban.core.nats_bus` (exactly-once
 effects through the inbox, rewind to the ack floor after a crash) plus an in-process delivery of
@@ -40,7 +43,9 @@ from kiban.core.dispatch import build_registry, handler_modules
 from kiban.core.events import DomainEvent, Registry, drain
 from kiban.core.models.events import OutboxEvent
 from kiban.core.nats_bus import Backlog, backlog, ensure_stream, run_consumer, run_relay
+from kiban.network import moves
 from kiban.network.handlers import copy_restrictions
+from kiban.network.moves import MOVE_IN_FORWARDED, MOVE_OUT_FORWARDED, MOVED_IN, MOVED_OUT
 from kiban.network.service import (
     IDENTITY_CHANGED_IN,
     RESTRICTION_CHANGED_IN,
@@ -56,9 +61,13 @@ log = logging.getLogger(__name__)
 DEFAULT_STREAM = "KIBAN_NET"
 DEFAULT_PREFIX = "kibannet"
 NATIONAL_DURABLE = "national"
-# What leaves the municipality (本人確認情報 and the support measures), and what comes back.
-UP_TYPES = (IDENTITY_CHANGED_IN, RESTRICTION_CHANGED_IN)
-DOWN_TYPES = (NUMBER_ASSIGNED, NUMBER_REISSUED)
+# What leaves the municipality (本人確認情報, the support measures, the 転出証明書情報 and 転入通知
+# for the other municipality), and what comes back.
+UP_TYPES = (IDENTITY_CHANGED_IN, RESTRICTION_CHANGED_IN, MOVED_OUT, MOVED_IN)
+DOWN_TYPES = (NUMBER_ASSIGNED, NUMBER_REISSUED, MOVE_OUT_FORWARDED, MOVE_IN_FORWARDED)
+# Which payload item names the municipality a message comes from (up) or goes to (down).
+_SENDER = {MOVED_OUT: "from_municipality_code", MOVED_IN: "to_municipality_code"}
+_ADDRESSEE = {MOVE_OUT_FORWARDED: "to_municipality_code", MOVE_IN_FORWARDED: "from_municipality_code"}
 UNKNOWN = "unknown"  # subject token of a message naming no valid municipality (the national quarantines it)
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_-]{0,30}$")
 _MUNICIPALITY_RE = re.compile(r"^[0-9]{6}$")
@@ -73,20 +82,30 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-def municipality_of(event: DomainEvent) -> str:
+def municipality_of(event: DomainEvent, item: str = "municipality_code") -> str:
     """The municipality token of an event's subject: the payload's 6-digit code, else ``unknown``."""
-    code = event.payload.get("municipality_code")
+    code = event.payload.get(item)
     return code if isinstance(code, str) and _MUNICIPALITY_RE.match(code) else UNKNOWN
 
 
 def up_subject(prefix: str) -> Callable[[DomainEvent], str]:
-    """Municipality → national: ``<prefix>.up.<municipality>.<type>``."""
-    return lambda event: f"{prefix}.up.{municipality_of(event)}.{event.type}"
+    """Municipality → national: ``<prefix>.up.<sending municipality>.<type>``."""
+
+    def subject(event: DomainEvent) -> str:
+        sender = municipality_of(event, _SENDER.get(event.type, "municipality_code"))
+        return f"{prefix}.up.{sender}.{event.type}"
+
+    return subject
 
 
 def down_subject(prefix: str) -> Callable[[DomainEvent], str]:
-    """National → the person's municipality: ``<prefix>.down.<municipality>.<type>``."""
-    return lambda event: f"{prefix}.down.{municipality_of(event)}.{event.type}"
+    """National → one municipality (the person's, or a move's other end): ``<prefix>.down.<code>.<type>``."""
+
+    def subject(event: DomainEvent) -> str:
+        addressee = municipality_of(event, _ADDRESSEE.get(event.type, "municipality_code"))
+        return f"{prefix}.down.{addressee}.{event.type}"
+
+    return subject
 
 
 def municipal_durable(municipality_code: str) -> str:
@@ -162,16 +181,19 @@ def national_registry(cipher: NumberCipher | None) -> Registry:
     registry = Registry()
     registry.add(IDENTITY_CHANGED_IN, "network.replicate", replicate)
     registry.add(RESTRICTION_CHANGED_IN, "network.copy_restrictions", copy_restrictions)
+    moves.register_handlers(registry)
     return registry
 
 
 def municipal_registry() -> Registry:
-    """What the municipal node applies from the stream: the 個人番号 notices (written on the 住民票)."""
-    from kiban.register.handlers import NUMBER_EVENTS, apply_individual_number
+    """What the municipal node applies from the stream: 個人番号 notices, forwarded moves (register's)."""
+    from kiban.register import handlers as register
 
     registry = Registry()
-    for event_type in NUMBER_EVENTS:
-        registry.add(event_type, "register.apply_individual_number", apply_individual_number)
+    for event_type in register.NUMBER_EVENTS:
+        registry.add(event_type, "register.apply_individual_number", register.apply_individual_number)
+    registry.add(MOVE_OUT_FORWARDED, "register.receive_move_out", register.receive_forwarded_move_out)
+    registry.add(MOVE_IN_FORWARDED, "register.complete_move_out", register.complete_forwarded_move_in)
     return registry
 
 
@@ -345,7 +367,7 @@ async def run_municipal(
             asyncio.create_task(_deliver_locally(factory, local_registry("municipal"), stop, interval))
         )
     if metrics_port is not None:
-        collector = BacklogCollector(factory)
+        collector = BacklogCollector(factory, codes)
         _serve_metrics(metrics_port, [collector])
         refresh = collector.refresh(
             nats_url, stop, stream=stream, prefix=prefix, municipalities=codes, direction="down"
@@ -442,13 +464,15 @@ def unpublished_by_municipality(session: Session, *, limit: int = UNPUBLISHED_SC
     """Per municipality: 本人確認情報 events in this node's outbox not yet in the stream (relay backlog)."""
     counts: dict[str, int] = {}
     rows = session.execute(
-        select(OutboxEvent.payload)
+        select(OutboxEvent.type, OutboxEvent.payload)
         .where(OutboxEvent.published_at.is_(None), OutboxEvent.type.in_(UP_TYPES))
         .order_by(OutboxEvent.seq)
         .limit(limit)
     )
-    for (payload,) in rows:
-        code = payload.get("municipality_code") if isinstance(payload, dict) else None
+    for event_type, payload in rows:
+        code = (
+            payload.get(_SENDER.get(event_type, "municipality_code")) if isinstance(payload, dict) else None
+        )
         key = code if isinstance(code, str) and _MUNICIPALITY_RE.match(code) else UNKNOWN
         counts[key] = counts.get(key, 0) + 1
     return counts
@@ -467,8 +491,11 @@ class BacklogCollector:
     scrape never waits on NATS. The lag of applied changes: ``service.ReplicationCollector``.
     """
 
-    def __init__(self, factory: sessionmaker[Session] | None = None) -> None:
+    def __init__(
+        self, factory: sessionmaker[Session] | None = None, municipalities: Sequence[str] = ()
+    ) -> None:
         self._factory = factory
+        self._municipalities = list(municipalities)  # shown at 0 when nothing waits
         self.snapshot: list[MunicipalBacklog] = []
 
     async def refresh(self, nats_url: str, stop: asyncio.Event, every: float = 5.0, **kwargs: Any) -> None:
@@ -511,6 +538,8 @@ class BacklogCollector:
             except Exception:
                 log.warning("outbox backlog unavailable for /metrics")
                 counts = {}
+            for code in self._municipalities:
+                counts.setdefault(code, 0)
             for code, n in sorted(counts.items()):
                 unpublished.add_metric([code], n)
             yield unpublished

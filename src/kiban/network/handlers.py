@@ -2,7 +2,8 @@
 
 ``register.identity_changed`` → both copies (or the quarantine); ``numbering.number_assigned`` /
 ``numbering.number_reissued`` → the copies learn the 個人番号 (a new version);
-``register.restriction_changed`` → the network's copy of the DV等支援措置 (state replaces state).
+``register.restriction_changed`` → the network's copy of the DV等支援措置 (state replaces state);
+``register.moved_out`` / ``register.moved_in`` → forwarded to the other municipality (moves).
 """
 
 from __future__ import annotations
@@ -30,3 +31,7 @@ def register_handlers(registry: Registry) -> None:
     registry.add("numbering.number_assigned", "network.record_number", record_number)
     registry.add("numbering.number_reissued", "network.record_number", record_number)
     registry.add("register.restriction_changed", "network.copy_restrictions", copy_restrictions)
+    # 転出証明書情報 and 転入通知 relayed between municipalities (kiban.network.moves).
+    from kiban.network import moves
+
+    moves.register_handlers(registry)
