@@ -35,6 +35,7 @@ from cards_support import (  # noqa: I001 - tests/ is on the path
 )
 from kiban.cards import service, states
 from kiban.cards.documents import issue_notice
+from kiban.cards.handlers import register_handlers as cards_handlers
 from kiban.cards.manufacturer import Manufacturer, card_path, receive_shipments
 from kiban.cards.models import ApplicationForm, Card
 from kiban.cards.service import Application, CardsError, IdentityCheck
@@ -43,8 +44,10 @@ from kiban.core.audit import AuditEntry
 from kiban.core.events import DomainEvent, Registry, drain
 from kiban.core.models.events import OutboxEvent
 from kiban.jpki import service as jpki
+from kiban.jpki.handlers import register_handlers as jpki_handlers
 from kiban.jpki.keys import FileKeyStore
 from kiban.register import service as register
+from kiban.register.handlers import register_handlers as register_handlers_
 from kiban.register.models import Resident
 from kiban.register.schemas import Actor as RegisterActor
 from kiban.register.schemas import Death, Emigration, Target
@@ -619,3 +622,37 @@ def test_property_random_lifecycles(
             assert service.get_card(s, card_id).state == target
         walk = [(t.from_state, t.to_state) for t in service.history(s, card_id)][1:]
         assert all(pair in states.ALLOWED for pair in walk)
+
+
+def test_death_reaches_the_card_through_the_network_end_to_end(
+    world: list[str], s: Session, session_maker: sessionmaker[Session], ca: FileKeyStore, tmp_path: Path
+) -> None:
+    """register 死亡 → register.identity_changed → network (異動等情報) → cards: invalidated; CA: revoked."""
+    from kiban.network import service as network
+    from kiban.network.handlers import register_handlers as network_handlers
+
+    full = Registry()
+    register_handlers_(full)
+    network_handlers(full)
+    jpki_handlers(full)
+    cards_handlers(full)
+    person = adults(s, non_head=True)[3]
+    card, soft = notified(s, person.resident_code, tmp_path, session_maker)
+    result = service.hand_over(s, CLERK, card.card_id, soft=soft, identity=ID_OK, pins=PINS, keystore=ca)
+    network.seed_copies(s)
+    s.commit()
+    drain(session_maker, full)
+    today = date.today()
+    register.death(
+        s,
+        RegisterActor(username="clerk-a", municipality_code=A),
+        Death(notified_on=today, effective_on=today, target=Target(resident_code=person.resident_code)),
+    )
+    s.commit()
+    drain(session_maker, full)
+    s.expire_all()
+    assert service.get_card(s, card.card_id).state == states.INVALIDATED
+    assert jpki.find_certificate(s, result.user_auth_serial).status == "revoked"
+    assert not service.authenticate(s, card.card_id, b"c", soft.sign_challenge("1234", b"c"))
+    reasons = [t.reason for t in service.history(s, card.card_id)]
+    assert reasons[-1] == "death"
