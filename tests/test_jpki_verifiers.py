@@ -353,6 +353,17 @@ def test_usage_counts_per_service_and_day(world: World, s: Session) -> None:
     assert count(s, VerifierUsage) == before
 
 
+@given(value=st.one_of(st.text(max_size=80), st.from_regex(r"[0-9A-Fa-f:]{1,60}", fullmatch=True)))
+def test_a_serial_is_parsed_exactly_or_refused_naming_the_rule(value: str) -> None:
+    try:
+        parsed = vs.parse_serial(value)
+    except VerifierError as error:
+        assert (error.field, error.rule) in {("serial", "hex"), ("serial", "range")}
+        return
+    assert len(parsed) == 40 and parsed == parsed.lower()
+    assert int(parsed, 16) == int(value.replace(":", ""), 16) > 0
+
+
 # --- 新旧紐付け -------------------------------------------------------------------------------------
 
 

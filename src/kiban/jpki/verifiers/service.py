@@ -662,7 +662,8 @@ def _require(session: Session, identity: VerifierIdentity, actor: str, service: 
         )
 
 
-def _serial(value: object) -> str:
+def parse_serial(value: object) -> str:
+    """A serial as verifiers send it (hex, any case, optional colons; or an int) → 40 hex digits."""
     if not isinstance(value, str | int) or isinstance(value, bool):
         raise VerifierError("serial", "string_type", "a serial is hexadecimal text")
     if isinstance(value, str) and (len(value) > 59 or not re.fullmatch(schemas.SERIAL_PATTERN, value)):
@@ -707,7 +708,7 @@ def certificate_status(
     Not an audit entry (as OCSP answers are not): it names no person and the count is the record."""
     now = _aware("now", now)
     _require(session, identity, actor, "revocation", now)
-    cert = _find(session, _serial(serial))
+    cert = _find(session, parse_serial(serial))
     record_usage(session, identity.code, "ocsp", on=today_jst(now))
     return _status(cert, now)
 
@@ -742,7 +743,7 @@ def links(
     now = _aware("now", now)
     _require(session, identity, actor, "links", now)
     try:
-        cert = _find(session, _serial(serial))
+        cert = _find(session, parse_serial(serial))
     except VerifierError as exc:
         if exc.status == 404:
             raise _refuse(session, identity, actor, "links", now, exc) from None
@@ -840,7 +841,7 @@ def record_consent(
         raise VerifierError("expires_at", "after_given", "must be later than given_at")
     if evidence_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", str(evidence_sha256)):
         raise VerifierError("evidence_sha256", "hex64", "64 lower-case hexadecimal digits")
-    cert = _find(session, _serial(serial))
+    cert = _find(session, parse_serial(serial))
     if cert.resident_code is None or cert.kind not in profiles.PERSONAL_KINDS:
         raise VerifierError("serial", "personal_certificate", "consent is given with a personal certificate")
     ended = cert.status_changed_at if cert.status != "good" else None
@@ -893,7 +894,7 @@ def consents(
     now = _aware("now", now)
     query = select(VerifierConsent).where(VerifierConsent.verifier_code == _consent_owner(identity))
     if serial is not None:
-        query = query.where(VerifierConsent.serial == _serial(serial))
+        query = query.where(VerifierConsent.serial == parse_serial(serial))
     rows = session.scalars(query.order_by(VerifierConsent.id.desc()).limit(200))
     return [_consent_view(c, now) for c in rows]
 
@@ -966,7 +967,7 @@ def provide_basic_info(
     now = _aware("now", now)
     _require(session, identity, actor, "basic_info", now)
     try:
-        cert = _find(session, _serial(serial))
+        cert = _find(session, parse_serial(serial))
     except VerifierError as exc:
         if exc.status == 404:
             raise _refuse(session, identity, actor, "basic_info", now, exc) from None
@@ -1093,7 +1094,7 @@ def issuance_records(
         raise VerifierError("page_size", "range", f"1 to {MAX_PAGE_SIZE}")
     where: list[Any] = []
     if serial:
-        where.append(IssuanceRecord.serial == _serial(serial))
+        where.append(IssuanceRecord.serial == parse_serial(serial))
     if resident_code:
         if not re.fullmatch(r"\d{11}", resident_code):
             raise VerifierError("resident_code", "pattern", "11 digits")
