@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,15 @@ def test_bulk_in_parts_answers_streamed_and_resumable(world: World, nenkin: Test
     before = len(world.provisions())
     refetch = read_csv(nenkin.post(f"/api/provision/bulk/{job}/answers?start=20").text)
     assert [int(r["row"]) for r in refetch] == [20, 21]
+    assert len(world.provisions()) == before + 2
+    # A second stream of the job while one runs (a client retrying too early): 409, nothing provided.
+    import uuid
+
+    lock = world.app.state.network_answer_locks[uuid.UUID(job)]
+    assert lock.acquire(blocking=False)  # as if a stream were running
+    busy = nenkin.post(f"/api/provision/bulk/{job}/answers?start=0")
+    lock.release()
+    assert busy.status_code == 409 and busy.json()["errors"][0]["rule"] == "in_progress"
     assert len(world.provisions()) == before + 2
     beyond = nenkin.post(f"/api/provision/bulk/{job}/answers?start=23")
     assert beyond.status_code == 422 and beyond.json()["errors"][0]["rule"] == "within_cursor"
@@ -589,8 +599,17 @@ def test_a_broken_answer_stream_over_http_resumes_without_gaps(
         # within a chunk or two rather than providing the whole file to nobody.
         assert 1000 <= status["next_row"] < n and status["finished_at"] is None
         # The client asks from the first row it lacks: nothing is missing, nothing twice in its hands.
-        rest = client.post(f"/api/provision/bulk/{job}/answers", params={"start": 1500}, timeout=120)
-        assert rest.status_code == 200
+        # The server may still be finishing the chunk in flight: 409 in_progress with Retry-After,
+        # until the dropped stream has closed and released the job.
+        waited = 0.0
+        while True:
+            rest = client.post(f"/api/provision/bulk/{job}/answers", params={"start": 1500}, timeout=120)
+            if rest.status_code != 409 or waited > 20:
+                break
+            assert rest.json()["errors"][0]["rule"] == "in_progress"
+            time.sleep(float(rest.headers["Retry-After"]) / 4)
+            waited += float(rest.headers["Retry-After"]) / 4
+        assert rest.status_code == 200, rest.text
         rows = read_csv(rest.text)
         assert [int(r["row"]) for r in rows] == list(range(1500, n))
         done = client.get(f"/api/provision/bulk/{job}").json()

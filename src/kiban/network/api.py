@@ -21,8 +21,10 @@ import io
 import itertools
 import json
 import os
+import threading
 import uuid
-from collections.abc import Generator, Iterator
+import weakref
+from collections.abc import AsyncIterator, Generator, Iterator
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, cast
@@ -31,7 +33,7 @@ from fastapi import APIRouter, Depends, FastAPI, File, Form, Header, Query, Requ
 from fastapi.responses import RedirectResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session, sessionmaker
-from starlette.concurrency import run_in_threadpool
+from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.responses import Response
 
 from kiban.core import audit
@@ -437,7 +439,43 @@ def _csv_line(values: list[Any]) -> bytes:
 ANSWER_HEADER = ["row", "outcome", "rule", "field", "message", "restricted"]
 
 
-def _answers(request: Request, job: BulkJob, start: int | None) -> Iterator[bytes]:
+class _Lease:
+    """A job's answer lock, released once: by the stream's end, or when the stream is collected."""
+
+    def __init__(self, lock: threading.Lock) -> None:
+        self._lock = lock
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+
+def _answer_lease(request: Request, job_id: uuid.UUID) -> _Lease:
+    state = request.app.state
+    with _LOCKS_LOCK:
+        locks: dict[uuid.UUID, threading.Lock] | None = getattr(state, "network_answer_locks", None)
+        if locks is None:
+            locks = state.network_answer_locks = {}
+        lock = locks.setdefault(job_id, threading.Lock())
+    if not lock.acquire(blocking=False):
+        # A second stream of the same job would provide the same rows twice.
+        raise Problem(
+            409,
+            "the answers of this job are being streamed already; retry when that stream has ended",
+            slug="in-progress",
+            errors=[FieldError("job_id", "in_progress", "the answers of this job are being streamed")],
+            headers={"Retry-After": "1"},
+            detail_ja="この一括照会の回答を送信中です。しばらくしてから再度お試しください。",
+        )
+    return _Lease(lock)
+
+
+_LOCKS_LOCK = threading.Lock()
+
+
+def _answers(request: Request, job: BulkJob, start: int | None, lease: _Lease) -> Iterator[bytes]:
     factory = _factory(request)
     with factory() as session:
         use = next((u for u in ops.statutory_uses(session) if u.code == job.use_code), None)
@@ -476,10 +514,27 @@ def _answers(request: Request, job: BulkJob, start: int | None) -> Iterator[byte
         finally:
             answers.close()
             handle.close()
+            lease.release()
         if buffer:
             yield b"".join(buffer)
 
-    return stream()
+    body = stream()
+    # A response never sent (the client left before it started) never runs the finally above.
+    weakref.finalize(body, lease.release)
+    return body
+
+
+async def _released_on_disconnect(body: Iterator[bytes]) -> AsyncIterator[bytes]:
+    """The sync stream in the thread pool; when the client leaves (the task is cancelled), the
+    stream is closed at once — its chunk in flight has committed — and the job's lock released,
+    so that the client's resume is not refused as ``in_progress``."""
+    try:
+        async for part in iterate_in_threadpool(body):
+            yield part
+    finally:
+        close = getattr(body, "close", None)
+        if close is not None:
+            close()
 
 
 @api.post(
@@ -503,10 +558,15 @@ def answers(
         raise _error("file", "upload_incomplete", f"{out.received} of {out.size} bytes received", 409)
     if job.finished_at is not None and start is None:
         raise _error("job_id", "finished", "the job is finished; give start to fetch answers again", 409)
-    body = _answers(request, job, start)
+    lease = _answer_lease(request, job.id)
+    try:
+        body = _answers(request, job, start, lease)
+    except BaseException:
+        lease.release()
+        raise
     name = f"answers-{job.id}-{start if start is not None else job.next_row}.csv"
     return StreamingResponse(
-        body,
+        _released_on_disconnect(body),
         media_type=CSV_MEDIA_TYPE,
         headers={
             "Content-Disposition": f'attachment; filename="{name}"',
