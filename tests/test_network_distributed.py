@@ -35,7 +35,9 @@ import pytest
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+from typer.testing import CliRunner
 
+from kiban.cli.network import app as cli
 from kiban.core.database import import_all_models, make_engine, session_factory, upgrade
 from kiban.core.events import DomainEvent, emit, row_to_event
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
@@ -762,6 +764,16 @@ def test_malformed_and_out_of_order_messages_are_quarantined_with_a_reason(
     assert garbage.handler == consumer_handler_name("national") and garbage.parked_at is not None
     assert garbage.event_id == "garbage-1" and "json" in garbage.last_error.lower()
     assert "東京都千代田区千代田" not in json.dumps(honseki_row.document, ensure_ascii=False)
+    # The operator's view from the command line: nothing waits, one version applied, three quarantined.
+    runner = CliRunner()
+    shown = runner.invoke(cli, ["backlog", "--nats", NATS_URL, "--stream", stream, "--prefix", prefix])
+    assert shown.exit_code == 0, shown.output
+    assert shown.output.splitlines()[1:] == [f"{A}\tup\t0\t-"]
+    shown = runner.invoke(cli, ["status", "--db", national_url])
+    assert shown.exit_code == 0, shown.output
+    [row] = shown.output.splitlines()[1:]
+    assert row.startswith(f"{A}\t1\t") and row.endswith("\t3")
+    assert runner.invoke(cli, ["backlog", "--nats", NATS_URL, "--direction", "sideways"]).exit_code == 2
 
 
 # --- the parts, in process (no NATS) -----------------------------------------------------------------
