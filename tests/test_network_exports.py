@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
@@ -418,3 +420,47 @@ def test_the_cli_writes_the_csv_and_pages_the_feed(
     args = ["identity-changes", "--after", "0", "--settle-seconds", "0", "--data", str(tmp_path)]
     feed = runner.invoke(cli_app, args)
     assert feed.exit_code == 0 and '"key":"10000000001"' in feed.output and "next_cursor=" in feed.output
+
+
+# --- properties ------------------------------------------------------------------------------------
+
+
+def _age(birth: date, on: date) -> int:
+    years = on.year - birth.year
+    try:
+        birthday = birth.replace(year=on.year)
+    except ValueError:  # 29 February in a common year: the birthday counts from 1 March
+        birthday = date(on.year, 3, 1)
+    return years - (on < birthday)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dates(date(1900, 1, 1), date(2030, 12, 31)), st.integers(0, 45_000))
+def test_age_group_holds_the_age_on_the_day(birth: date, days: int) -> None:
+    on = birth + timedelta(days=days)
+    group = exports.age_group(birth, on)
+    age = _age(birth, on)
+    if group == "90+":
+        assert age >= 90
+    else:
+        low, high = map(int, group.split("-"))
+        assert low <= age <= high and high - low == 4 and low % 5 == 0
+    # A day later never gives a younger group.
+    assert exports._age_order(exports.age_group(birth, on + timedelta(days=1))) >= exports._age_order(group)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1900, 2026), st.integers(1, 12))
+def test_every_past_month_parses_to_its_days(year: int, month: int) -> None:
+    first, upto = exports.parse_month(f"{year:04d}-{month:02d}", today=TODAY)
+    assert first == date(year, month, 1) and upto.day == 1 and 28 <= (upto - first).days <= 31
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=20))
+def test_any_other_text_is_a_clear_month_error(text: str) -> None:
+    if re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", text) and text.isascii():
+        return
+    with pytest.raises(exports.ExportError) as err:
+        exports.parse_month(text, today=TODAY)
+    assert err.value.field == "month" and err.value.rule in ("year_month", "future_month")

@@ -9,6 +9,8 @@ from datetime import date, timedelta
 from typing import Any, Literal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -338,3 +340,72 @@ def test_subscribing_the_relay_twice_is_harmless() -> None:
     moves.register_handlers(registry)
     assert len(registry.find("network.forward_move_out")) == 1
     assert len(registry.find("network.forward_move_in")) == 1
+
+
+# --- properties: any hostile certificate is a clear error, never anything else ------------------------
+
+
+def _valid_payload() -> dict[str, Any]:
+    return {
+        "certificate_id": str(uuid.uuid4()),
+        "group_id": str(uuid.uuid4()),
+        "resident_code": "12345678903",
+        "individual_number": "123456789018",
+        "from_municipality_code": A,
+        "to_municipality_code": B,
+        "destination_address": "岐阜県岐阜市大宮町1番地",
+        "planned_move_on": "2026-11-24",
+        "notified_on": "2026-11-22",
+        "family_name": "山田",
+        "given_name": "花子",
+        "family_name_kana": "ヤマダ",
+        "given_name_kana": "ハナコ",
+        "birth_date": "1990-04-01",
+        "sex": 2,
+        "address": {
+            "prefecture": "東京都",
+            "municipality": "千代田区",
+            "town": "神田錦町",
+            "banchi": "1番地",
+        },
+        "address_text": "東京都千代田区神田錦町1番地",
+        "honseki": "東京都千代田区",
+    }
+
+
+def _event(payload: dict[str, Any], key: str = "12345678903") -> DomainEvent:
+    from datetime import UTC, datetime
+
+    return DomainEvent(str(uuid.uuid4()), moves.MOVED_OUT, key, 1, datetime.now(UTC), payload, "test")
+
+
+def test_the_valid_example_passes() -> None:
+    assert moves.check_certificate(_event(_valid_payload()))["to_municipality_code"] == B
+
+
+_values = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.text(max_size=12), st.lists(st.integers(), max_size=2)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(_valid_payload())),
+    _values,
+    st.text(alphabet="abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=12),
+)
+def test_a_spoiled_certificate_is_refused_with_a_field_and_a_rule(name: str, value: Any, extra: str) -> None:
+    from hypothesis import assume
+
+    from kiban.network.service import NetworkError
+
+    spoiled = {**_valid_payload(), name: value}
+    try:
+        moves.check_certificate(_event(spoiled))
+    except NetworkError as exc:
+        assert exc.field.startswith("payload.") and exc.rule
+    # An item outside the 転出証明書情報 is always refused, whatever its value.
+    assume(extra not in moves.CERTIFICATE_KEYS)
+    with pytest.raises(NetworkError) as err:
+        moves.check_certificate(_event({**_valid_payload(), extra: value}))
+    assert (err.value.field, err.value.rule) == (f"payload.{extra}", "not_certificate_information")
