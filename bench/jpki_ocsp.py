@@ -149,57 +149,88 @@ def _world(directory: Path, n: int) -> dict[str, Any]:
 # --- the client ------------------------------------------------------------------------------------
 
 
-async def _connection(
-    host: str,
-    port: int,
-    path: str,
-    bodies: list[bytes],
-    until: float,
-    latencies: list[float],
-    errors: list[int],
-) -> None:
-    reader: asyncio.StreamReader | None = None
-    writer: asyncio.StreamWriter | None = None
-    head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/ocsp-request\r\n"
-    requests = [(head + f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
-    i = random.randrange(len(requests))
-    while time.perf_counter() < until:
+class _Connection(asyncio.Protocol):
+    """One client connection: sends a request, waits for the whole answer, sends the next
+    (keep-alive when the server allows it; a new connection when it closes, as openssl's does)."""
+
+    def __init__(self, client: _Load) -> None:
+        self.client = client
+        self.buffer = b""
+        self.need = -1
+        self.close_after = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.send()
+
+    def send(self) -> None:
+        assert self.transport is not None
+        self.buffer, self.need, self.close_after = b"", -1, False
+        self.started = time.perf_counter()
+        self.transport.write(self.client.next_request())
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        if self.need < 0:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            header = self.buffer[:end].lower()
+            if not header.startswith((b"http/1.1 200", b"http/1.0 200")):
+                self.client.errors += 1
+            self.close_after = header.startswith(b"http/1.0") or b"connection: close" in header
+            at = header.find(b"content-length:")
+            length = int(header[at + 15 : header.find(b"\r\n", at) if header.find(b"\r\n", at) > 0 else None])
+            self.need = end + 4 + length
+        if len(self.buffer) >= self.need:
+            self.client.latencies.append(time.perf_counter() - self.started)
+            if time.perf_counter() >= self.client.until:
+                assert self.transport is not None
+                self.transport.close()
+            elif self.close_after:
+                assert self.transport is not None
+                self.transport.close()
+                self.client.reconnect()
+            else:
+                self.send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        unfinished = self.need < 0 or len(self.buffer) < self.need  # closed before a whole answer
+        if unfinished and time.perf_counter() < self.client.until:
+            self.client.errors += 1
+            self.client.reconnect()
+
+
+class _Load:
+    def __init__(self, host: str, port: int, path: str, bodies: list[bytes], until: float) -> None:
+        head = f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/ocsp-request\r\n"
+        self.requests = [(head + f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
+        self.i = random.randrange(len(self.requests))
+        self.host, self.port, self.until = host, port, until
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.pending: set[asyncio.Task[Any]] = set()
+
+    def next_request(self) -> bytes:
+        self.i += 1
+        return self.requests[self.i % len(self.requests)]
+
+    def reconnect(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.connect())
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    async def connect(self) -> None:
         try:
-            if writer is None:
-                reader, writer = await asyncio.open_connection(host, port)
-            assert reader is not None
-            started = time.perf_counter()
-            writer.write(requests[i % len(requests)])
-            i += 1
-            header = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            close = header.startswith(b"HTTP/1.0")
-            for line in header.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                name = name.strip().lower()
-                if name == b"content-length":
-                    length = int(value)
-                elif name == b"connection" and value.strip().lower() == b"close":
-                    close = True
-            body = await reader.readexactly(length) if length else await reader.read()
-            latencies.append(time.perf_counter() - started)
-            if (
-                not header.startswith(b"HTTP/1.1 200")
-                and not header.startswith(b"HTTP/1.0 200")
-                or len(body) < 10
-            ):
-                errors.append(1)
-            if close or not length:
-                writer.close()
-                writer = None
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
-            errors.append(1)
-            if writer is not None:
-                writer.close()
-            writer = None
-            await asyncio.sleep(0.001)
-    if writer is not None:
-        writer.close()
+            await asyncio.get_running_loop().create_connection(
+                lambda: _Connection(self), self.host, self.port
+            )
+        except OSError:
+            self.errors += 1
+            await asyncio.sleep(0.01)
+            if time.perf_counter() < self.until:
+                self.reconnect()
 
 
 def _client(args: tuple[str, int, str, list[bytes], float, int]) -> tuple[list[float], int]:
@@ -210,17 +241,17 @@ def _client(args: tuple[str, int, str, list[bytes], float, int]) -> tuple[list[f
         uvloop.install()
     except ImportError:
         pass
-    latencies: list[float] = []
-    errors: list[int] = []
+    until = time.perf_counter() + (until_wall - time.time())
+    load = _Load(host, port, path, bodies, until)
 
     async def main() -> None:
-        until = time.perf_counter() + (until_wall - time.time())
-        await asyncio.gather(
-            *(_connection(host, port, path, bodies, until, latencies, errors) for _ in range(concurrency))
-        )
+        await asyncio.gather(*(load.connect() for _ in range(concurrency)))
+        while time.perf_counter() < until:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.2)  # answers in flight finish
 
     asyncio.run(main())
-    return latencies, len(errors)
+    return load.latencies, load.errors
 
 
 def _drive(

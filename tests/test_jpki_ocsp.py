@@ -428,6 +428,9 @@ def test_bad_requests_get_rfc6960_errors(world: World, client: TestClient) -> No
     assert status_of(client.get("/ocsp/%%%%")) == MALFORMED
     assert status_of(client.get("/ocsp/" + "A" * 20_000)) == MALFORMED
     assert client.put("/ocsp", content=good).status_code == 405
+    # a serial that is not DER (a leading zero octet before one < 0x80): echoing it would not be DER
+    padded = ocsp._tlv(0x30, cert_id_for(5, world.issuer)[2:-3] + b"\x02\x02\x00\x05")
+    assert status_of(client.post("/ocsp", content=multi_request([padded]))) == MALFORMED
     # nothing broke: a good request still works
     assert post(client, good).certificate_status == x509_ocsp.OCSPCertStatus.GOOD
 

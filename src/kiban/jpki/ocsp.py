@@ -261,6 +261,12 @@ def _parse_cert_id(data: bytes, start: int, c0: int, c1: int) -> CertId:
     serial_bytes = data[fields[3][2] : fields[3][3]]
     if not serial_bytes:
         raise ValueError("empty serialNumber")
+    if len(serial_bytes) > 1 and (
+        (serial_bytes[0] == 0 and serial_bytes[1] < 0x80)
+        or (serial_bytes[0] == 0xFF and serial_bytes[1] >= 0x80)
+    ):
+        # Not DER; and the CertID is echoed in a fresh response, which must be DER.
+        raise ValueError("serialNumber is not minimally encoded")
     hash_name = HASHES.get(oid)
     name_hash = data[fields[1][2] : fields[1][3]]
     key_hash = data[fields[2][2] : fields[2][3]]
@@ -832,6 +838,7 @@ class OcspResponder:
         self._cache: dict[tuple[str, int], _Entry] = {}
         self._unknown: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self._raw: dict[bytes, tuple[tuple[str, int], str]] = {}
+        self._anonymous: dict[str, Verifier] = {}
         self._issuers: dict[tuple[str, bytes, bytes], str] = {}
         self._issuers_loaded = 0.0
         self._signers: dict[str, Signer | None] = {}
@@ -1119,7 +1126,14 @@ class OcspResponder:
         if token is None:
             if not self.allow_anonymous:
                 return None
-            return Verifier(f"anonymous:{client}", self.anonymous_rate, "anonymous")
+            anonymous = self._anonymous.get(client)
+            if anonymous is None:
+                if len(self._anonymous) > 100_000:
+                    self._anonymous.clear()
+                anonymous = self._anonymous[client] = Verifier(
+                    f"anonymous:{client}", self.anonymous_rate, "anonymous"
+                )
+            return anonymous
         now = time.monotonic()
         cached = self._tokens.get(token)
         if cached is not None and cached[1] > now:
