@@ -223,3 +223,110 @@ def test_openssl_reference_responder_agrees(db_url: str, tmp_path: Path) -> None
             result = openssl_ocsp(url, issuer, path, root)
             assert f"{path}: {status}" in result.stdout, result.stdout + result.stderr
             assert "Response verify OK" in result.stderr
+
+
+@contextmanager
+def serve_workers(db_url: str, tmp_path: Path, workers: int) -> Iterator[str]:
+    """`kiban serve --workers N` (browser_support.kiban_serve runs one process)."""
+    import os
+    import sys
+
+    from browser_support import SERVE
+
+    port = free_port()
+    log_path = tmp_path / f"serve-{workers}.log"
+    log = log_path.open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVE, "--data", str(tmp_path / "data"), "--port", str(port),
+         "--workers", str(workers)],
+        env={**os.environ, "KIBAN_DATABASE_URL": db_url}, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("kiban serve did not start:\n" + log_path.read_text(errors="replace"))
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_revocation_reaches_every_worker(db_url: str, tmp_path: Path, workers: int) -> None:
+    """The CA revokes in its own process; the server's event delivery re-signs the stored response
+    and every worker's cache follows within seconds."""
+    from kiban.jpki import service
+
+    factory = session_factory(make_engine(db_url))
+    world = make_world(factory, tmp_path / "data" / "keys")
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    issuer = write_pem(pki / "issuer.pem", world.issuer)
+    root = write_pem(pki / "root.pem", world.root)
+    good = write_pem(pki / "good.pem", world.good)
+    with serve_workers(db_url, tmp_path, workers) as base:
+        for _ in range(2 * workers):  # warm every worker's cache with "good"
+            result = openssl_ocsp(f"{base}/ocsp", issuer, good, root, "-no_nonce")
+            assert f"{good}: good" in result.stdout
+        with factory.begin() as session:
+            service.revoke(session, world.good.serial_number, reason="keyCompromise", now=datetime.now(UTC))
+        deadline = time.monotonic() + 20
+        seen: list[str] = []
+        while time.monotonic() < deadline:
+            # several answers in a row, so each worker is asked
+            results = [openssl_ocsp(f"{base}/ocsp", issuer, good, root, "-no_nonce") for _ in range(4)]
+            seen = [r.stdout for r in results]
+            if all(f"{good}: revoked" in s for s in seen):
+                break
+            time.sleep(0.5)
+        assert all(f"{good}: revoked" in s and "Reason: keyCompromise" in s for s in seen), seen
+        assert all("Response verify OK" in r.stderr for r in results)
+
+
+def test_first_serve_creates_the_signers(db_url: str, tmp_path: Path) -> None:
+    """A data directory with CAs but no responder key yet: `kiban serve` makes one per issuing CA
+    (the CA key is there) and pre-signs, so openssl gets verified answers without any CLI step."""
+    from datetime import date, timedelta
+
+    from kiban.jpki import service
+    from test_jpki_ocsp import USER_KEY, holder
+
+    factory = session_factory(make_engine(db_url))
+    ks = FileKeyStore(tmp_path / "data" / "keys")
+    now = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+    with factory.begin() as session:
+        service.init_hierarchies(session, ks, "http://127.0.0.1:8000", now=now - timedelta(days=1))
+        cert = service.issue_user_auth_certificate(
+            session, ks, public_key=USER_KEY, holder=holder(1), card_expiry=date(2040, 1, 1), now=now
+        ).certificate
+        issuer_cert = service.ca_certificate(service.get_ca(session, "jpki-auth"))
+        root_cert = service.ca_certificate(service.get_ca(session, "jpki-root"))
+        assert session.scalar(select(OcspSigner.id)) is None
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    issuer, root = write_pem(pki / "issuer.pem", issuer_cert), write_pem(pki / "root.pem", root_cert)
+    path = write_pem(pki / "cert.pem", cert)
+    with kiban_serve(db_url, tmp_path) as base:
+        deadline = time.monotonic() + 30
+        while True:
+            result = openssl_ocsp(f"{base}/ocsp", issuer, path, root)
+            if f"{path}: good" in result.stdout or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert f"{path}: good" in result.stdout, result.stdout + result.stderr
+        assert "Response verify OK" in result.stderr
+    with factory() as session:
+        cas = set(session.scalars(select(OcspSigner.ca_id)))
+    assert cas == {"jpki-auth", "jpki-sign", "jpki-mobile-auth", "jpki-mobile-sign", "lgpki-org"}
