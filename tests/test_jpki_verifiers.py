@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from kiban.core.events import Registry, drain, emit
@@ -25,6 +25,7 @@ from kiban.jpki import crl
 from kiban.jpki import service as ca
 from kiban.jpki.handlers import register_handlers as jpki_handlers
 from kiban.jpki.keys import FileKeyStore
+from kiban.jpki.models import CertificateAuthority
 from kiban.jpki.profiles import HolderInfo
 from kiban.jpki.verifiers import service as vs
 from kiban.jpki.verifiers.models import Verifier, VerifierConsent, VerifierToken, VerifierUsage
@@ -640,6 +641,21 @@ def test_dashboard_ca_status_statistics_and_crl_alerts(world: World, s: Session)
     assert {c.ca_id: c.entries for c in fresh.crls}["jpki-auth"] == 1
     late = vs.crl_status(s, now=NOW + timedelta(days=1, seconds=1))
     assert {c.alert for c in late} == {"overdue"}
+    # Partitioned CRLs: every issuance batch needs one; a batch begun since is missing.
+    s.execute(
+        update(CertificateAuthority)
+        .where(CertificateAuthority.id == "jpki-auth")
+        .values(partition_size=1, partition_threshold=0)
+    )
+    crl.publish_crl(s, world.ks, "jpki-auth", NOW)
+    world.pair(s, card="card-2")
+    s.commit()
+    parts = {c.partition: c.alert for c in vs.crl_status(s, now=NOW) if c.ca_id == "jpki-auth"}
+    assert parts == {0: None, 1: None, 2: "missing"}
+    crl.publish_crl(s, world.ks, "jpki-auth", NOW)
+    s.commit()
+    parts = {c.partition: c.alert for c in vs.crl_status(s, now=NOW) if c.ca_id == "jpki-auth"}
+    assert parts == {0: None, 1: None, 2: None}
     # A key gone from the store is an alert too.
     (world.ks.directory / "jpki-sign.key.pem").unlink()
     gone = vs.dashboard(s, keystore=vs.keystore_info(world.ks.directory), now=NOW + timedelta(hours=1))

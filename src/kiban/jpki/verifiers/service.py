@@ -1281,8 +1281,8 @@ def statistics(session: Session, *, months: int = 12, now: datetime | None = Non
 
 def crl_status(session: Session, *, now: datetime | None = None) -> list[schemas.CrlStatus]:
     """The newest CRL of each CA and partition: next update, completeness, and an alert when a CA
-    has none (``missing``), its next update has passed (``overdue``) or the check failed
-    (``incomplete``)."""
+    (or, once it partitions, one of its issuance batches) has none (``missing``), its next update
+    has passed (``overdue``) or the check failed (``incomplete``)."""
     now = _aware("now", now)
     newest = (
         select(CrlPublication.ca_id, CrlPublication.partition, func.max(CrlPublication.crl_number).label("n"))
@@ -1301,24 +1301,30 @@ def crl_status(session: Session, *, now: datetime | None = None) -> list[schemas
         )
         .order_by(CrlPublication.ca_id, CrlPublication.partition)
     ).all()
-    published = {r.ca_id for r in rows}
+    published = {(r.ca_id, r.partition) for r in rows}
     out: list[schemas.CrlStatus] = []
     for c in session.scalars(select(CertificateAuthority).order_by(CertificateAuthority.id)):
-        if c.id not in published:
-            out.append(
-                schemas.CrlStatus(
-                    ca_id=c.id,
-                    partition=0,
-                    crl_number=None,
-                    this_update=None,
-                    next_update=None,
-                    entries=None,
-                    url=None,
-                    complete=None,
-                    overdue=True,
-                    alert="missing",
+        expected = [0]
+        # Once a CA publishes partitions, every issuance batch so far must have its CRL: a batch
+        # that started since the last publication is missing until the next one.
+        if any(ca_id == c.id and part > 0 for ca_id, part in published) and c.issued_count > 0:
+            expected += list(range(1, (c.issued_count - 1) // c.partition_size + 2))
+        for part in expected:
+            if (c.id, part) not in published:
+                out.append(
+                    schemas.CrlStatus(
+                        ca_id=c.id,
+                        partition=part,
+                        crl_number=None,
+                        this_update=None,
+                        next_update=None,
+                        entries=None,
+                        url=None,
+                        complete=None,
+                        overdue=True,
+                        alert="missing",
+                    )
                 )
-            )
     for r in rows:
         overdue = r.next_update <= now
         alert = "incomplete" if not r.complete else ("overdue" if overdue else None)
