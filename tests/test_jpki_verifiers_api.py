@@ -491,6 +491,12 @@ def test_operator_pages(web: Web) -> None:
     )
     secret = re.search(r'data-testid="token">(kbv_[^<]+)<', shown.text)
     assert shown.status_code == 200 and secret and "今回だけ表示" in shown.text
+    days = op.post(
+        "/jpki/verifiers/city-y/tokens",
+        data={"csrf_token": token.group(1), "expires_in_days": "abc"},
+        headers=HTML,
+    )
+    assert days.status_code == 422 and "整数で入力してください" in days.text
     again = op.get("/jpki/verifiers/city-y", headers=HTML)
     assert secret.group(1) not in again.text and secret.group(1)[:10] in again.text
     suspend = op.post(
