@@ -514,6 +514,12 @@ def test_operator_pages(web: Web) -> None:
 
 def test_verifier_pages(web: Web) -> None:
     staff = web.client("bank-user")
+    home = staff.get("/", headers=HTML).text  # the navigation links the pages ROLE_TASKS promised
+    for path, label in (("/jpki/verify", "電子証明書の検証"), ("/jpki/links", "新旧紐付け")):
+        assert f'<li><a href="{path}">{label}</a></li>' in home, path
+    operator_home = web.client("operator").get("/", headers=HTML).text
+    assert '<li><a href="/jpki">公的個人認証</a></li>' in operator_home
+    assert '<li><a href="/jpki/links">' not in operator_home
     page = staff.get("/jpki/basic-info", headers=HTML)
     token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
     assert token and page.status_code == 200
