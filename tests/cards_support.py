@@ -86,7 +86,9 @@ def s(session_maker: sessionmaker[Session]) -> Iterator[Session]:
 
 def adults(s: Session, *, non_head: bool = False, min_age: int = 20) -> list[Resident]:
     cutoff = date.today().replace(year=date.today().year - min_age)
-    query = select(Resident).where(Resident.status == "active", Resident.birth_date <= cutoff)
+    query = select(Resident).where(
+        Resident.status == "active", Resident.birth_date <= cutoff, Resident.period_of_stay_end.is_(None)
+    )
     if non_head:
         query = query.where(Resident.relationship != "世帯主")
     return list(s.scalars(query.order_by(Resident.resident_code)))

@@ -79,7 +79,7 @@ def prepare_card(
             for r in s.scalars(
                 select(Resident).where(Resident.status == "active").order_by(Resident.resident_code)
             )
-            if (date.today() - r.birth_date).days > 20 * 366
+            if (date.today() - r.birth_date).days > 20 * 366 and r.period_of_stay_end is None
         )
         info = {
             "code": person.resident_code,
