@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import io
 import random
+import re
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from pypdf import PdfReader
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from kiban.core import accounts
+from kiban.core.accounts import create_user
 from kiban.core.audit import AuditEntry
+from kiban.core.config import Settings
 from kiban.core.documents import KeyDirectorySigners
 from kiban.core.events import Registry, drain
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
@@ -21,6 +27,7 @@ from kiban.core.models.documents import IssuedDocument
 from kiban.network import service as network
 from kiban.network.handlers import register_handlers as network_handlers
 from kiban.network.wide_area import Identification, PhotoId, wide_area_resident_copy
+from kiban.network.wide_area_api import router as wide_area_router
 from kiban.numbering import service as numbering
 from kiban.numbering.notices import notify_assigned
 from kiban.register import service
@@ -31,6 +38,7 @@ from kiban.register.models import Resident
 from kiban.register.population import generate_population
 from kiban.register.rules import AccessDenied, NotFound, RegisterError
 from kiban.register.schemas import Actor, Death, Target
+from kiban.web.app import WebOptions, create_app
 
 A = "212016"  # 岐阜市: where the person lives
 B = "131016"  # 千代田区: where they ask
@@ -228,3 +236,77 @@ def test_no_honseki_no_own_municipality_no_removed_person_no_other_role(
         wide_area_resident_copy(tx, CLERK_B, ident(lone), signers=signers)
     assert refused.value.rule == "dead_or_removed"
     assert s.scalar(select(func.count()).select_from(IssuedDocument)) == 0
+
+
+# --- the clerk's API ---------------------------------------------------------------------------------
+
+PASSWORD = "correct horse battery"
+HTML = {"accept": "text/html,application/xhtml+xml"}
+
+
+def login(app: Any, username: str) -> TestClient:
+    client = TestClient(app, raise_server_exceptions=False)
+    page = client.get("/login", headers=HTML)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+    assert token
+    data = {"username": username, "password": PASSWORD, "csrf_token": token.group(1)}
+    assert client.post("/login", data=data, headers=HTML, follow_redirects=False).status_code == 303
+    client.headers["X-CSRF-Token"] = client.get("/api/session").json()["csrf_token"]
+    return client
+
+
+def test_the_clerks_api_prints_the_copy_and_refuses_others(
+    world: None,
+    session_maker: sessionmaker[Session],
+    s: Session,
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(accounts, "SCRYPT_N", 2**4)
+    with session_maker.begin() as tx:
+        create_user(tx, "chiyoda", PASSWORD, "clerk", municipality_code=B, display_name="千代田 職員")
+        create_user(tx, "operator", PASSWORD, "national_operator", display_name="運用 太郎")
+    settings = Settings(data_dir=tmp_path / "data", database_url_override=db_url)
+    settings.ensure_dirs()
+    app = create_app(
+        settings,
+        options=WebOptions(login_burst=1000, deliver_events=False),
+        capabilities=[lambda a: a.include_router(wide_area_router)],
+    )
+    person = family(s)[0]
+    body = {
+        "document": "driving_licence",
+        "family_name": person.family_name,
+        "given_name": person.given_name,
+        "birth_date": person.birth_date.isoformat(),
+        "resident_code": person.resident_code,
+    }
+    try:
+        clerk = login(app, "chiyoda")
+        response = clerk.post("/api/network/wide-area/resident-copy", json=body)
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == "application/pdf"
+        assert f"{person.family_name}　{person.given_name}" in text_of(response.content)
+        serial = response.headers["X-Document-Serial"]
+        assert (
+            s.scalars(select(IssuedDocument.municipality_code).where(IssuedDocument.serial == serial)).one()
+            == A
+        )
+
+        wrong = clerk.post("/api/network/wide-area/resident-copy", json={**body, "given_name": "別人"})
+        assert wrong.status_code == 403
+        assert [(e["field"], e["rule"]) for e in wrong.json()["errors"]] == [
+            ("identification", "identity_mismatch")
+        ]
+        s.expire_all()
+        assert s.scalars(select(AuditEntry.organisation).where(AuditEntry.action == "refuse")).all() == [B]
+        honseki = clerk.post(
+            "/api/network/wide-area/resident-copy", json={**body, "items": {"honseki": True}}
+        )
+        assert honseki.status_code == 422
+        operator = login(app, "operator")
+        assert operator.post("/api/network/wide-area/resident-copy", json=body).status_code == 403
+        assert s.scalar(select(func.count()).select_from(IssuedDocument)) == 1
+    finally:
+        app.state.engine.dispose()
