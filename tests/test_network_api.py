@@ -517,7 +517,9 @@ def test_replication_quarantine_and_release(world: World, operator: TestClient) 
     assert tokyo["versions"] == 1 and tokyo["prefecture_name"] == "東京都" and tokyo["max_lag_seconds"] >= 0
     gifu = next(p for p in replication["prefectures"] if p["prefecture_code"] == "21")
     assert gifu["quarantined"] == 1
-    [waiting] = operator.get("/api/network/quarantine").json()
+    listed = operator.get("/api/network/quarantine")
+    assert listed.headers["X-Total-Count"] == "1"
+    [waiting] = listed.json()
     assert waiting["rule"] == "second_active_registration" and "document" not in waiting
     assert "岐阜県岐阜市今沢町" not in operator.get("/api/network/quarantine").text
     still = operator.post(f"/api/network/quarantine/{waiting['id']}/release")

@@ -712,11 +712,18 @@ def _quarantine_json(row: Any) -> dict[str, Any]:
 
 @api.get("/api/network/quarantine", summary="The quarantine queue (oldest first)")
 def quarantine(
-    request: Request, user: Operator, include_released: Annotated[bool, Query()] = False
+    request: Request,
+    response: Response,
+    user: Operator,
+    include_released: Annotated[bool, Query()] = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
 ) -> list[dict[str, Any]]:
-    # The kept message itself (personal data) is not listed: the operator sees why, not what.
+    """Oldest first, at most ``limit``; the header ``X-Total-Count`` says how many there are.
+    The kept message itself (personal data) is not listed: the operator sees why, not what."""
     with _factory(request)() as session:
-        return [_quarantine_json(r) for r in network.quarantined(session, include_released=include_released)]
+        rows, total = ops.quarantine_queue(session, limit=limit, include_released=include_released)
+    response.headers["X-Total-Count"] = str(total)
+    return [_quarantine_json(r) for r in rows]
 
 
 @api.post("/api/network/quarantine/{quarantine_id}/release", summary="Apply a quarantined message again")
@@ -1023,13 +1030,14 @@ def _fmt_time(moment: datetime | None) -> str:
 @pages.get("/network/quarantine")
 def quarantine_page(request: Request, user: Operator) -> Response:
     with _factory(request)() as session:
-        rows = network.quarantined(session)
+        rows, total = ops.quarantine_queue(session)
     done = request.query_params.get("released")
     return render(
         request,
         "network/quarantine.html",
         {
             "rows": rows,
+            "total": total,
             "label": ops.municipality_label,
             "fmt_time": _fmt_time,
             "released": done,
@@ -1045,7 +1053,7 @@ def quarantine_release_page(request: Request, quarantine_id: int, user: Operator
             network.release_quarantined(session, quarantine_id, actor=user.username)
     except NetworkError as exc:
         with _factory(request)() as session:
-            rows = network.quarantined(session)
+            rows, total = ops.quarantine_queue(session)
         error = {
             "id": quarantine_id,
             "field": exc.field,
@@ -1058,6 +1066,7 @@ def quarantine_release_page(request: Request, quarantine_id: int, user: Operator
             "network/quarantine.html",
             {
                 "rows": rows,
+                "total": total,
                 "label": ops.municipality_label,
                 "fmt_time": _fmt_time,
                 "released": None,

@@ -22,7 +22,15 @@ from sqlalchemy.orm import Session
 from kiban.core import audit, master
 from kiban.core.identifiers import validate_resident_code
 from kiban.network import service as network
-from kiban.network.models import Agency, AgencyUse, BulkJob, NationalIdentity, Provision, StatutoryUse
+from kiban.network.models import (
+    Agency,
+    AgencyUse,
+    BulkJob,
+    NationalIdentity,
+    Provision,
+    QuarantinedMessage,
+    StatutoryUse,
+)
 from kiban.network.schemas import DisclosureEntry
 from kiban.network.service import NetworkError, ReplicationStatus
 
@@ -102,6 +110,53 @@ def replication_by_prefecture(statuses: Sequence[ReplicationStatus]) -> list[Pre
             p.last_applied_at = st.last_applied_at
         p.rows.append(st)
     return sorted(out.values(), key=lambda p: p.prefecture_code)
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    """A quarantined message as the operator sees it: why and from where, not the message itself."""
+
+    id: int
+    event_id: str
+    event_type: str
+    key: str
+    municipality_code: str | None
+    field: str
+    rule: str
+    message: str
+    quarantined_at: datetime
+    released_at: datetime | None
+
+
+def quarantine_queue(
+    session: Session, *, limit: int = 200, include_released: bool = False
+) -> tuple[list[QueueEntry], int]:
+    """The oldest ``limit`` quarantined messages and how many there are, without the kept documents.
+
+    (The service's :func:`~kiban.network.service.quarantined` loads every row with its document;
+    a screen needs a page of reasons.)
+    """
+    q = QuarantinedMessage
+    where = [] if include_released else [q.released_at.is_(None)]
+    total = session.scalar(select(func.count()).select_from(q).where(*where)) or 0
+    rows = session.execute(
+        select(
+            q.id,
+            q.event_id,
+            q.event_type,
+            q.key,
+            q.municipality_code,
+            q.field,
+            q.rule,
+            q.message,
+            q.quarantined_at,
+            q.released_at,
+        )
+        .where(*where)
+        .order_by(q.id)
+        .limit(limit)
+    ).all()
+    return [QueueEntry(**row._mapping) for row in rows], int(total)
 
 
 # --- registry ------------------------------------------------------------------------------------
