@@ -687,3 +687,28 @@ def test_any_bytes_after_a_good_header_get_one_answer_per_line_and_no_server_err
         assert r["outcome"] in ("provided", "not_found", "invalid", "ambiguous"), r
         if r["outcome"] == "invalid":
             assert r["rule"] and r["field"].startswith(f"rows[{r['row']}]")
+
+
+def test_statistics_months_are_jst_months(world: World, nenkin: TestClient, operator: TestClient) -> None:
+    """A provision at 2026-03-31 15:30 UTC is in April in Japan; one at 14:59 UTC is still March."""
+    from datetime import UTC
+
+    from sqlalchemy import update
+
+    from kiban.network.models import Provision
+
+    for code in world.codes[:3]:
+        ask(nenkin, PENSION, {"resident_code": code})
+    ids = [p.id for p in world.provisions()]
+    moments = [
+        datetime(2026, 3, 31, 14, 59, tzinfo=UTC),
+        datetime(2026, 3, 31, 15, 30, tzinfo=UTC),
+        datetime(2026, 4, 30, 15, 0, tzinfo=UTC),  # 2026-05-01 00:00 JST
+    ]
+    with world.factory.begin() as s:
+        for pid, moment in zip(ids, moments, strict=True):
+            s.execute(update(Provision).where(Provision.id == pid).values(provided_at=moment))
+    stats = operator.get("/api/network/statistics", params={"since": "2026-03", "until": "2026-05"}).json()
+    assert [(r["month"], r["count"]) for r in stats] == [("2026-03", 1), ("2026-04", 1), ("2026-05", 1)]
+    april = operator.get("/api/network/statistics", params={"since": "2026-04", "until": "2026-04"}).json()
+    assert [(r["month"], r["count"]) for r in april] == [("2026-04", 1)]
