@@ -48,13 +48,15 @@ def serve(
         app = create_app(settings)
         # This process also keeps OCSP responses fresh (signers rotated, re-signed before nextUpdate).
         app.state.ocsp.start_background(refresh=True)
-        uvicorn.run(_ocsp_first(app), **common)
+        uvicorn.run(_ocsp_first(app), **common, **_ocsp_protocol(app))
         return
     # Several workers: they only answer; this supervising process delivers events and refreshes
     # OCSP responses once for all of them.
     stop = _maintenance(settings)
     try:
-        uvicorn.run("kiban.cli.serve:worker_app", factory=True, workers=workers, **common)
+        uvicorn.run(
+            "kiban.cli.serve:worker_app", factory=True, workers=workers, **common, **_ocsp_protocol(None)
+        )
     finally:
         stop()
 
@@ -84,7 +86,19 @@ def worker_app() -> Any:
     _quiet_ocsp_access_log()
     app = create_app(load_settings(), options=WebOptions(deliver_events=False))
     app.state.ocsp.start_background(refresh=False)  # the cache poller only
+    _ocsp_protocol(app)
     return _ocsp_first(app)
+
+
+def _ocsp_protocol(app: Any) -> dict[str, Any]:
+    """uvicorn's httptools protocol with the cached-OCSP shortcut, when httptools is installed."""
+    try:
+        from kiban.jpki import ocsp_http
+    except ImportError:  # no httptools: uvicorn picks its default protocol, all through ASGI
+        return {}
+    if app is not None:
+        ocsp_http.install(app.state.ocsp)
+    return {"http": ocsp_http.protocol_path()}
 
 
 def _ocsp_first(app: Any) -> Any:

@@ -1029,6 +1029,23 @@ class OcspResponder:
         self.cache_hits += 1
         return Answer(der, "revoked" if entry.state.status == "hold" else entry.state.status, entry.expires)
 
+    def answer_fast(self, data: bytes, client: str, token: str | None) -> bytes | None:
+        """For the HTTP layer's shortcut (:mod:`kiban.jpki.ocsp_http`): the response body when
+        these request bytes are a cache hit and the verifier is known, with the rate limit and
+        the count applied; None (nothing counted) to take the ordinary path."""
+        if token is not None and token not in self._tokens:
+            return None
+        answer = self.answer_raw(data)
+        if answer is None:
+            return None
+        verifier = self.verifier_for(token, client)
+        if verifier is None:
+            return None
+        if self._buckets.take(verifier.code, verifier.rate_per_second, time.monotonic()):
+            return None  # the ordinary path answers tryLater with its Retry-After
+        self.count(verifier.label, answer.outcome)
+        return answer.body
+
     def answer_cached(self, parsed: ParsedRequest, data: bytes = b"") -> Answer | None:
         """The common case without touching the database: one CertID, no nonce, cached."""
         if parsed.nonce_value is not None or len(parsed.cert_ids) != 1:
