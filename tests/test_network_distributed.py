@@ -562,6 +562,7 @@ def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream
         expected.setdefault(event.key, []).append(event.id)
         by_id[event.id] = event
     assert len(events) == total
+    print(f"{total} register changes, {len(unnumbered)} numbered by the national node, killed at {at_kill}")
     with national() as s:
         versions = s.scalars(
             select(NationalIdentity).order_by(NationalIdentity.resident_code, NationalIdentity.version_no)
