@@ -190,6 +190,44 @@ def test_hand_over_at_the_counter(world: World) -> None:
         clerk.post(f"/cards/{world.card_id}/found", headers=HTML, follow_redirects=False).status_code == 303
     )
     assert state_of(world) == states.ACTIVE
+    # found again: the held certificates were revoked, new ones are issued at the counter
+    page = clerk.get(f"/cards/{world.card_id}", headers=HTML)
+    assert "電子証明書の再発行" in page.text
+    wrong = clerk.post(
+        f"/cards/{world.card_id}/certificates",
+        data={
+            "documents": ["passport"],
+            "pin_user_auth": "9999",
+            "pin_signature": "ABC123",
+            "holder_passphrase": "holder pass 1",
+        },
+        headers=HTML,
+    )
+    assert wrong.status_code == 422 and "暗証番号が違います" in wrong.text
+    redone = clerk.post(
+        f"/cards/{world.card_id}/certificates",
+        data={
+            "documents": ["passport"],
+            "pin_user_auth": "1234",
+            "pin_signature": "ABC123",
+            "holder_passphrase": "holder pass 1",
+        },
+        headers=HTML,
+        follow_redirects=False,
+    )
+    assert redone.status_code == 303, redone.text
+    with world.factory() as s:
+        serial = service.get_card(s, world.card_id).user_auth_serial
+        assert serial is not None and jpki.find_certificate(s, serial).status == "good"
+    # re-issue of a card once reported lost: a new application, express
+    reissued = clerk.post(f"/cards/{world.card_id}/reissue", headers=HTML, follow_redirects=False)
+    assert reissued.status_code == 303
+    new_id = reissued.headers["location"].split("/")[2].split("?")[0]
+    with world.factory() as s:
+        new = service.get_card(s, new_id)
+        assert new.express and new.express_reason == "loss" and new.state == states.APPLIED
+    again = clerk.post(f"/cards/{world.card_id}/reissue", headers=HTML)
+    assert again.status_code == 409 and "すでに申請中" in again.text
 
 
 def test_call_centre_identifies_and_suspends(world: World) -> None:

@@ -62,6 +62,10 @@ RULES_JA: dict[str, str] = {
     "stay_ended": "在留期間が満了しています。",
     "pin_locked": "暗証番号がロックされています。",
     "not_found": "該当するカードがありません。",
+    "not_issued": "交付済みのカードではありません。",
+    "pending_application": "この方のカードはすでに申請中です。",
+    "pin_wrong": "暗証番号が違います。",
+    "decrypt_failed": "カードの合言葉が違います。",
     "format": "形式が正しくありません。",
 }
 DOCUMENTS_JA: dict[str, str] = {
@@ -319,6 +323,55 @@ async def found_submit(request: Request, card_id: str, user: Clerk) -> Response:
 @pages.post("/{card_id}/abolish")
 async def abolish_submit(request: Request, card_id: str, user: Clerk) -> Response:
     return await _simple(request, card_id, user, "abolish")
+
+
+@pages.post("/{card_id}/reissue")
+async def reissue_submit(request: Request, card_id: str, user: Clerk) -> Response:
+    """再交付申請 (特急 when the card was lost): a new application for the same person."""
+    await _form(request)
+    try:
+        with unit(request) as s:
+            new = service.apply_reissue(s, _actor(user), card_id)
+            new_id = new.card_id
+    except CardsError as exc:
+        with unit(request) as s:
+            return _card_page(request, s, user, card_id, error=_message(exc), status_code=_status(exc))
+    return RedirectResponse(f"/cards/{new_id}?done=reissue", status_code=303)
+
+
+@pages.post("/{card_id}/certificates")
+async def certificates_submit(request: Request, card_id: str, user: Clerk) -> Response:
+    """電子証明書の再発行 (after a card was found again): new keys on the card, new certificates."""
+    form = await _form(request)
+    settings = request.app.state.settings
+    path = storage.issued_path(settings.data_dir, card_id)
+    pins = {
+        kind: str(form.get(f"pin_{kind}") or "")
+        for kind in ("user_auth", "signature")
+        if form.get(f"pin_{kind}")
+    }
+    from kiban.jpki.keys import keystore_from_settings
+
+    try:
+        if not path.is_file():
+            raise CardsError(
+                "card_id", "not_found", "the holder's card file is not at this counter", status=404
+            )
+        soft = SoftCard.open(path, str(form.get("holder_passphrase") or ""))
+        with unit(request) as s:
+            service.reissue_certificates(
+                s,
+                _actor(user),
+                card_id,
+                soft=soft,
+                identity=IdentityCheck(tuple(form["documents"]), user.username),
+                pins=pins,
+                keystore=keystore_from_settings(settings),
+            )
+    except (CardsError, CardError) as exc:
+        with unit(request) as s:
+            return _card_page(request, s, user, card_id, error=_message(exc), status_code=_status(exc))
+    return RedirectResponse(f"/cards/{card_id}?done=certificates", status_code=303)
 
 
 @pages.post("/{card_id}/reset-pin")

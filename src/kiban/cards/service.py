@@ -744,6 +744,33 @@ def hand_over(
     return HandOverResult(card, user_serial, sign_serial, replaced)
 
 
+def apply_reissue(session: Session, actor: Actor, card_id: str, *, now: datetime | None = None) -> Card:
+    """再交付申請 at the counter for a card that is lost, damaged or must be replaced: a new 申請書 and
+    application for the same person; 特急 when the card was reported lost or stolen. The old card
+    stays as it is until the new one is handed over (then it is abolished as ``replaced``)."""
+    old = get_card(session, card_id, lock=True)
+    if actor.municipality_code != old.municipality_code:
+        raise CardsError(
+            "card_id", "own_municipality", "re-issue is applied for at the card's municipality", status=403
+        )
+    if old.state not in states.ISSUED:
+        raise CardsError("card_id", "not_issued", f"the card is {old.state}", status=409)
+    lost = old.state == states.SUSPENDED or bool(
+        session.scalar(
+            select(Transition.id).where(
+                Transition.card_id == card_id, Transition.reason.in_(SUSPEND_REASONS[:2])
+            )
+        )
+    )
+    assert actor.municipality_code is not None
+    form = issue_forms(session, actor, [old.resident_code], actor.municipality_code, now=now)[
+        old.resident_code
+    ]
+    return apply(
+        session, actor, Application(form, channel="paper", express_reason="loss" if lost else None), now=now
+    )
+
+
 def reissue_certificates(
     session: Session,
     actor: Actor,
@@ -766,6 +793,10 @@ def reissue_certificates(
     if not isinstance(soft, SoftCard) or soft.card_id != card.card_id:
         raise CardsError("soft", "wrong_card", "the card presented is not this card")
     record = resident_record(session, actor, card.resident_code, card.municipality_code, today, "card_id")
+    if not isinstance(pins, Mapping) or "user_auth" not in pins:
+        raise CardsError(
+            "pins.user_auth", "required", "the user-authentication PIN is needed to make the key"
+        )
     try:
         for kind, pin in pins.items():
             soft.verify_pin(kind, pin)  # type: ignore[arg-type]
