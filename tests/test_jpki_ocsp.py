@@ -660,3 +660,35 @@ def test_cli_ocsp_signer_and_refresh(db_url: str, tmp_path: Path, monkeypatch: p
     assert failed.exit_code == 1 and "ca_key_available" in failed.output
     still = runner.invoke(app, ["ocsp-refresh", "--data", data, "--all"])
     assert "signed 1 failed 0" in still.output
+
+
+def test_registered_verifier_token_rate_and_usage(world: World) -> None:
+    """With the verifier registry (kiban.jpki.verifiers): a token resolves to its verifier and
+    rate; a verifier without the revocation service is refused; answers become usage counts."""
+    verifiers = pytest.importorskip("kiban.jpki.verifiers.service")
+    with world.factory.begin() as session:
+        verifiers.create_verifier(
+            session, code="bank-1", name="架空銀行", category="certified_business",
+            services=["revocation"], actor="test", ocsp_rate_per_second=0.001,
+        )  # fmt: skip
+        verifiers.create_verifier(
+            session, code="links-only", name="架空事業者", category="certified_business",
+            services=["links"], actor="test",
+        )  # fmt: skip
+        token = verifiers.issue_token(session, "bank-1", actor="test").token
+        other = verifiers.issue_token(session, "links-only", actor="test").token
+    responder = ocsp.OcspResponder(world.factory, world.ks)  # default identify: the registry
+    client = TestClient(responder)
+    body = request_der(world.good, world.issuer)
+    answers = [
+        status_of(client.post("/ocsp", content=body, headers={"authorization": f"Bearer {token}"}))
+        for _ in range(6)
+    ]
+    assert answers == [x509_ocsp.OCSPResponseStatus.SUCCESSFUL] * 5 + [x509_ocsp.OCSPResponseStatus.TRY_LATER]
+    refused = client.post("/ocsp", content=body, headers={"authorization": f"Bearer {other}"})
+    assert status_of(refused) == UNAUTHORIZED
+    assert responder.flush_usage() == 5
+    assert responder.flush_usage() == 0  # only what is new
+    with world.factory() as session:
+        rows = verifiers.usage(session, "bank-1")
+    assert [(r.service, r.requests) for r in rows] == [("ocsp", 5)]

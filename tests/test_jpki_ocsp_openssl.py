@@ -16,6 +16,7 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509 import ocsp as x509_ocsp
 from sqlalchemy import select
 
 from browser_support import free_port, kiban_serve  # noqa: I001 - tests/ is on the path
@@ -226,7 +227,7 @@ def test_openssl_reference_responder_agrees(db_url: str, tmp_path: Path) -> None
 
 
 @contextmanager
-def serve_workers(db_url: str, tmp_path: Path, workers: int) -> Iterator[str]:
+def serve_workers(db_url: str, tmp_path: Path, workers: int, **env: str) -> Iterator[str]:
     """`kiban serve --workers N` (browser_support.kiban_serve runs one process)."""
     import os
     import sys
@@ -239,7 +240,7 @@ def serve_workers(db_url: str, tmp_path: Path, workers: int) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-c", SERVE, "--data", str(tmp_path / "data"), "--port", str(port),
          "--workers", str(workers)],
-        env={**os.environ, "KIBAN_DATABASE_URL": db_url}, stdout=log, stderr=subprocess.STDOUT,
+        env={**os.environ, "KIBAN_DATABASE_URL": db_url, **env}, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -330,3 +331,29 @@ def test_first_serve_creates_the_signers(db_url: str, tmp_path: Path) -> None:
     with factory() as session:
         cas = set(session.scalars(select(OcspSigner.ca_id)))
     assert cas == {"jpki-auth", "jpki-sign", "jpki-mobile-auth", "jpki-mobile-sign", "lgpki-org"}
+
+
+def test_served_shortcut_keeps_every_rule(db_url: str, tmp_path: Path) -> None:
+    """Through `kiban serve` (whose HTTP protocol answers cached POSTs itself): the rate limit,
+    tokens, GET, keep-alive and the metrics behave as through ASGI."""
+    from kiban.jpki import ocsp
+    from test_jpki_ocsp import request_der
+
+    factory = session_factory(make_engine(db_url))
+    world = make_world(factory, tmp_path / "data" / "keys")
+    body = request_der(world.good, world.issuer)
+    headers = {"content-type": ocsp.MEDIA_REQUEST}
+    with serve_workers(db_url, tmp_path, 1, KIBAN_OCSP_ANONYMOUS_RATE="1") as base, httpx.Client() as client:
+        statuses = []
+        for _ in range(8):  # one keep-alive connection; burst 5, then tryLater
+            answer = client.post(f"{base}/ocsp", content=body, headers=headers)
+            assert answer.status_code == 200 and answer.headers["content-type"] == ocsp.MEDIA_RESPONSE
+            statuses.append(x509_ocsp.load_der_ocsp_response(answer.content).response_status.name)
+        assert statuses[:5] == ["SUCCESSFUL"] * 5 and statuses[-1] == "TRY_LATER", statuses
+        assert "retry-after" in answer.headers
+        refused = client.post(f"{base}/ocsp", content=body, headers={**headers, "authorization": "Bearer x"})
+        assert x509_ocsp.load_der_ocsp_response(refused.content).response_status.name == "UNAUTHORIZED"
+        metrics = client.get(f"{base}/metrics").text
+        assert 'kiban_ocsp_requests_total{outcome="good",verifier="anonymous"} 5.0' in metrics
+        assert 'kiban_ocsp_requests_total{outcome="rate_limited",verifier="anonymous"}' in metrics
+        assert "kiban_ocsp_cache_total" in metrics

@@ -63,6 +63,7 @@ HTTP_MAX_AGE = 300  # seconds a GET answer may be cached by HTTP caches (status 
 UNKNOWN_TTL = 30.0  # seconds an "unknown" answer is kept in memory
 POLL_INTERVAL = 1.0
 REFRESH_INTERVAL = 600.0
+USAGE_FLUSH_INTERVAL = 10.0  # seconds between writes of per-verifier counts
 
 MEDIA_REQUEST = "application/ocsp-request"
 MEDIA_RESPONSE = "application/ocsp-response"
@@ -839,6 +840,7 @@ class OcspResponder:
         self._unknown: OrderedDict[bytes, tuple[bytes, float]] = OrderedDict()
         self._raw: dict[bytes, tuple[tuple[str, int], str]] = {}
         self._anonymous: dict[str, Verifier] = {}
+        self._flushed: dict[str, int] = {}
         self._issuers: dict[tuple[str, bytes, bytes], str] = {}
         self._issuers_loaded = 0.0
         self._signers: dict[str, Signer | None] = {}
@@ -894,6 +896,7 @@ class OcspResponder:
 
         def poll() -> None:
             since = datetime.now(UTC) - timedelta(seconds=5)
+            flushed = time.monotonic()
             while not self._stop.wait(poll_interval):
                 started = datetime.now(UTC)
                 try:
@@ -901,6 +904,12 @@ class OcspResponder:
                     since = started - timedelta(seconds=5)  # margin for commits still in flight
                 except SQLAlchemyError:
                     LOG.exception("OCSP cache poll failed")
+                if time.monotonic() - flushed > USAGE_FLUSH_INTERVAL:
+                    flushed = time.monotonic()
+                    try:
+                        self.flush_usage()
+                    except Exception:  # a count lost is better than a poller stopped
+                        LOG.exception("OCSP usage flush failed")
 
         def refresher() -> None:
             while True:
@@ -1159,6 +1168,9 @@ class OcspResponder:
         if self.identify is not None:
             with self.factory() as session:
                 found = self.identify(session, token)
+            may = getattr(found, "may", None)
+            if found is not None and callable(may) and not may("revocation"):
+                found = None  # registered, but not for revocation information
             if found is not None:
                 code = str(found.code)
                 verifier = Verifier(code, float(found.ocsp_rate_per_second), code)
@@ -1166,6 +1178,26 @@ class OcspResponder:
             self._tokens.clear()
         self._tokens[token] = (verifier, now + 60)
         return verifier
+
+    def flush_usage(self) -> int:
+        """Add each verifier's OCSP answers since the last flush to its usage counts
+        (``kiban.jpki.verifiers.service.record_usage``, service ``ocsp``); returns how many."""
+        try:
+            from kiban.jpki.verifiers.service import record_usage
+        except ImportError:
+            return 0
+        totals: dict[str, int] = {}
+        for (verifier, outcome), value in list(self.counts.items()):
+            if verifier != "anonymous" and outcome not in ("unauthorized", "rate_limited"):
+                totals[verifier] = totals.get(verifier, 0) + value
+        deltas = {v: n - self._flushed.get(v, 0) for v, n in totals.items() if n > self._flushed.get(v, 0)}
+        if not deltas:
+            return 0
+        with self.factory() as session, session.begin():
+            for verifier, delta in deltas.items():
+                record_usage(session, verifier, "ocsp", delta)
+        self._flushed.update({v: totals[v] for v in deltas})
+        return sum(deltas.values())
 
     def count(self, verifier: str, outcome: str) -> None:
         key = (verifier, outcome)
