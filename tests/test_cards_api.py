@@ -226,6 +226,7 @@ def test_hand_over_at_the_counter(world: World) -> None:
     with world.factory() as s:
         new = service.get_card(s, new_id)
         assert new.express and new.express_reason == "loss" and new.state == states.APPLIED
+    assert new_id in clerk.get("/cards", headers=HTML).text  # on the express list, 処理中
     again = clerk.post(f"/cards/{world.card_id}/reissue", headers=HTML)
     assert again.status_code == 409 and "すでに申請中" in again.text
 

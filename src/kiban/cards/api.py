@@ -201,7 +201,12 @@ def counter(request: Request, user: Clerk) -> Response:
             )
         )
         depths = service.queue_depths(s)
-        return render(request, "cards/counter.html", {"waiting": waiting, "depths": depths})
+        express = service.express_report(
+            s, today=service.today_jst(), municipality_code=user.municipality_code
+        )
+        return render(
+            request, "cards/counter.html", {"waiting": waiting, "depths": depths, "express": express[-50:]}
+        )
 
 
 def _card_page(

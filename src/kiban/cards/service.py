@@ -976,12 +976,15 @@ class ExpressStatus:
     on_time: bool | None  # None while pending and not yet late
 
 
-def express_report(session: Session, *, today: date) -> list[ExpressStatus]:
+def express_report(
+    session: Session, *, today: date, municipality_code: str | None = None
+) -> list[ExpressStatus]:
     """特急発行: each express card against its one-week target (done on time, late, or pending)."""
     out = []
-    for card in session.scalars(
-        select(Card).where(Card.express.is_(True)).order_by(Card.applied_on, Card.card_id)
-    ):
+    query = select(Card).where(Card.express.is_(True)).order_by(Card.applied_on, Card.card_id)
+    if municipality_code is not None:
+        query = query.where(Card.municipality_code == municipality_code)
+    for card in session.scalars(query):
         assert card.express_due is not None and card.express_reason is not None
         if card.issued_on is not None:
             on_time: bool | None = card.issued_on <= card.express_due
