@@ -147,7 +147,7 @@ class _ReadBack:
 
     History, outbox and audit rows are the new rows themselves (JSON columns as their text). A
     record's UPDATE writes one new version of the row (in PostgreSQL an UPDATE is a new tuple):
-    the raw baseline inserts that version, with a new id, once per transaction that touched it.
+    the raw baseline inserts that version, with a new id, once per transaction that changed it.
     """
 
     def __init__(self, base: str, schema: str) -> None:
@@ -171,7 +171,7 @@ class _ReadBack:
         row = self.conn.execute(f"SELECT coalesce(max(seq), 0) FROM {table}").fetchone()
         return int(row[0]) if row else 0
 
-    def since_last(self, commands: list[NameChange | Relocation]) -> Written:
+    def since_last(self) -> Written:
         out: Written = {}
         for table in _APPENDED:
             columns = self.columns[table]
@@ -181,17 +181,13 @@ class _ReadBack:
             ).fetchall()
             self.marks[table] = self._last(table)
             out[table] = (columns, rows)
-        codes: set[str] = set()
-        for command in commands:
-            if isinstance(command, NameChange):
-                codes.add(command.target.resident_code)
-            else:
-                codes.update(t.resident_code for t in command.targets)
+        # The records the transaction UPDATEd: those it wrote history rows for.
+        resident_at = self.columns["register_changes"].index("resident_id")
+        ids = sorted({row[resident_at] for row in out["register_changes"][1]})
         columns = self.columns["residents"]
         at = columns.index("id")
         records = self.conn.execute(
-            f"SELECT {', '.join(columns)} FROM residents WHERE status = 'active' AND resident_code = ANY(%s)",
-            (sorted(codes),),
+            f"SELECT {', '.join(columns)} FROM residents WHERE id = ANY(%s)", (ids,)
         ).fetchall()
         out["residents"] = (columns, [(*r[:at], uuid.uuid4(), *r[at + 1 :]) for r in records])
         return out
@@ -303,7 +299,7 @@ def run(
             with factory.begin() as s:
                 rows_written += service.apply_batch(s, actor, part, today=TODAY)
             batch_seconds += time.perf_counter() - started
-            written = reader.since_last(part)
+            written = reader.since_last()
             for table in tables:
                 counts[table] += len(written[table][1])
             for baseline in raw.values():
