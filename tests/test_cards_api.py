@@ -219,6 +219,22 @@ def test_hand_over_at_the_counter(world: World) -> None:
     with world.factory() as s:
         serial = service.get_card(s, world.card_id).user_auth_serial
         assert serial is not None and jpki.find_certificate(s, serial).status == "good"
+    # PIN reset at the counter, after the identity check
+    reset = clerk.post(
+        f"/cards/{world.card_id}/reset-pin",
+        data={
+            "documents": ["residence_card"],
+            "kind": "user_auth",
+            "new_pin": "4321",
+            "holder_passphrase": "holder pass 1",
+        },
+        headers=HTML,
+        follow_redirects=False,
+    )
+    assert reset.status_code == 303, reset.text
+    SoftCard.open(storage.issued_path(world.data_dir, world.card_id), "holder pass 1").sign_challenge(
+        "4321", b"x"
+    )
     # re-issue of a card once reported lost: a new application, express
     reissued = clerk.post(f"/cards/{world.card_id}/reissue", headers=HTML, follow_redirects=False)
     assert reissued.status_code == 303

@@ -708,3 +708,99 @@ def test_death_reaches_the_card_through_the_network_end_to_end(
     assert not service.authenticate(s, card.card_id, b"c", soft.sign_challenge("1234", b"c"))
     reasons = [t.reason for t in service.history(s, card.card_id)]
     assert reasons[-1] == "death"
+
+
+class FakeFaces:
+    """A face matcher standing in for the kiosk's: matches one image per card."""
+
+    def __init__(self, good: bytes) -> None:
+        self.good = good
+        self.calls = 0
+
+    def matches(self, card_id: str, face_image: bytes) -> bool:
+        self.calls += 1
+        return face_image == self.good
+
+
+def test_pin_reset_at_a_kiosk_after_a_face_match(
+    world: list[str], s: Session, session_maker: sessionmaker[Session], ca: FileKeyStore, tmp_path: Path
+) -> None:
+    card, soft = notified(s, adults(s)[7].resident_code, tmp_path, session_maker)
+    service.hand_over(s, CLERK, card.card_id, soft=soft, identity=ID_OK, pins=PINS, keystore=ca)
+    s.commit()
+    for _ in range(5):
+        with pytest.raises(CardError):
+            soft.sign_document("WRONG99", b"doc")
+    assert next(p for p in soft.pin_status() if p.kind == "signature").locked
+    faces = FakeFaces(b"the holder's face")
+    kiosk = service.Actor("kiosk-0001", "kiosk")
+    refusals: list[tuple[dict[str, Any], str]] = [
+        ({"face_image": b"someone else"}, "face_mismatch"),
+        ({"kind": "juki"}, "kiosk_reset_kind"),
+        ({"new_pin": "short"}, "pin_format"),
+        ({"face_image": b""}, "length"),
+    ]
+    for change, rule in refusals:
+        kwargs: dict[str, Any] = {
+            "face_image": b"the holder's face",
+            "kind": "signature",
+            "new_pin": "NEWSIGN1",
+            **change,
+        }
+        with pytest.raises(CardsError) as err:
+            service.reset_pin_by_face(s, kiosk, card.card_id, soft=soft, verifier=faces, **kwargs)
+        assert err.value.rule == rule
+        s.rollback()
+    assert next(p for p in soft.pin_status() if p.kind == "signature").locked  # nothing changed
+    service.reset_pin_by_face(
+        s,
+        kiosk,
+        card.card_id,
+        soft=soft,
+        verifier=faces,
+        face_image=b"the holder's face",
+        kind="signature",
+        new_pin="NEWSIGN1",
+    )
+    s.commit()
+    soft.sign_document("NEWSIGN1", b"doc")
+    service.suspend(s, CALL, card.card_id)
+    s.commit()
+    with pytest.raises(CardsError) as err:
+        service.reset_pin_by_face(
+            s,
+            kiosk,
+            card.card_id,
+            soft=soft,
+            verifier=faces,
+            face_image=b"the holder's face",
+            kind="user_auth",
+            new_pin="4321",
+        )
+    assert err.value.rule == "not_active"
+
+
+def test_pin_reset_at_the_counter(
+    world: list[str], s: Session, session_maker: sessionmaker[Session], ca: FileKeyStore, tmp_path: Path
+) -> None:
+    card, soft = notified(s, adults(s)[8].resident_code, tmp_path, session_maker)
+    service.hand_over(s, CLERK, card.card_id, soft=soft, identity=ID_OK, pins=PINS, keystore=ca)
+    s.commit()
+    for _ in range(3):
+        with pytest.raises(CardError):
+            soft.sign_challenge("0000", b"c")
+    before = snapshot(s)
+    for identity, pin, rule in (
+        (None, "4321", "identity_check_required"),
+        (ID_OK, "43210", "pin_format"),
+    ):
+        with pytest.raises(CardsError) as err:
+            service.reset_pin(
+                s, CLERK, card.card_id, soft=soft, identity=identity, kind="user_auth", new_pin=pin
+            )
+        assert err.value.rule == rule
+        s.rollback()
+    assert snapshot(s) == before
+    service.reset_pin(s, CLERK, card.card_id, soft=soft, identity=ID_OK, kind="user_auth", new_pin="4321")
+    s.commit()
+    assert service.authenticate(s, card.card_id, b"c", soft.sign_challenge("4321", b"c"))

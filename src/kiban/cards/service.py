@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 from zoneinfo import ZoneInfo
 
 from cryptography.hazmat.primitives import serialization
@@ -833,7 +833,57 @@ def reset_pin(
     except CardError as exc:
         raise CardsError(exc.field, exc.rule, str(exc)) from None
     soft.reset_pin(kind, new_pin)  # type: ignore[arg-type]
-    _audit(session, actor, card, "update", {"pin_reset": kind})
+    _audit(session, actor, card, "update", {"reset": kind, "by": "counter"})
+    card.updated_at = moment
+    return card
+
+
+class FaceVerifier(Protocol):
+    """The external face match of a kiosk PIN reset (顔認証): the card's photo against the camera's.
+
+    Pluggable: the platform does not match faces itself; a deployment plugs in its matcher."""
+
+    def matches(self, card_id: str, face_image: bytes) -> bool: ...
+
+
+KIOSK_RESET_KINDS: Final = ("user_auth", "signature")
+MAX_FACE_IMAGE: Final = 5 * 1024 * 1024
+
+
+def reset_pin_by_face(
+    session: Session,
+    actor: Actor,
+    card_id: str,
+    *,
+    soft: SoftCard,
+    verifier: FaceVerifier,
+    face_image: bytes,
+    kind: str,
+    new_pin: str,
+    now: datetime | None = None,
+) -> Card:
+    """暗証番号の初期化 at a kiosk (コンビニ): instead of the counter's identity documents, an external
+    face match; only the two certificate PINs, only for an active card. Refused → nothing changed."""
+    moment = aware_now(now)
+    if kind not in KIOSK_RESET_KINDS:
+        raise CardsError("kind", "kiosk_reset_kind", "only the certificate PINs are reset at a kiosk")
+    if not isinstance(face_image, bytes) or not 1 <= len(face_image) <= MAX_FACE_IMAGE:
+        raise CardsError("face_image", "length", f"must be 1–{MAX_FACE_IMAGE} bytes")
+    try:
+        check_pin(kind, new_pin, "new_pin")
+    except CardError as exc:
+        raise CardsError(exc.field, exc.rule, str(exc)) from None
+    card = get_card(session, card_id, lock=True)
+    if card.state != states.ACTIVE:
+        raise CardsError("card_id", "not_active", f"the card is {card.state}", status=409)
+    if not isinstance(soft, SoftCard) or soft.card_id != card.card_id:
+        raise CardsError("soft", "wrong_card", "the card presented is not this card")
+    if not verifier.matches(card.card_id, face_image):
+        raise CardsError(
+            "face_image", "face_mismatch", "the face does not match the card's photo", status=403
+        )
+    soft.reset_pin(kind, new_pin)  # type: ignore[arg-type]
+    _audit(session, actor, card, "update", {"reset": kind, "by": "face_match"})
     card.updated_at = moment
     return card
 
