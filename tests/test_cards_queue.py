@@ -3,15 +3,20 @@ or duplicates (stop the consumer, enqueue 10,000 messages, restart — with a cr
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from kiban.cards import service
+from cards_support import CLERK, OPERATOR, A, adults, form, registry, world  # noqa: I001 - tests/ is on the path
+from kiban.cards import manufacturer, service, storage
 from kiban.cards.models import QueueMessage, Transition
 from kiban.cards.queue import QueueError, drain_queue
+from kiban.cards.service import Application
 
 N = 10_000
+__all__ = ["registry", "world"]  # fixtures used by name
 
 
 def apply_message(session: Session, message: QueueMessage) -> None:
@@ -71,3 +76,28 @@ def test_unknown_kind_stops_the_queue(session_maker: sessionmaker[Session]) -> N
         drain_queue(session_maker, service.MANUFACTURER_QUEUE, {})
     with session_maker() as s:
         assert service.queue_depths(s)["manufacturer"] == 1
+
+
+def test_consumers_run_as_their_own_processes(
+    world: list[str],
+    session_maker: sessionmaker[Session],
+    db_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The manufacturer and the receiving desk as `python -m kiban.cards.manufacturer` entry points."""
+    monkeypatch.setenv("KIBAN_DATABASE_URL", db_url)
+    with session_maker.begin() as s:
+        code = adults(s)[0].resident_code
+        card = service.apply(s, CLERK, Application(form(s, code)))
+        service.check(s, OPERATOR, card.card_id)
+        service.order_production(s, OPERATOR)
+        card_id = card.card_id
+    assert manufacturer.main(["--data", str(tmp_path), "--once", "--algorithm", "p256"]) == 0
+    assert (storage.shipped_dir(tmp_path) / A / f"{card_id}.kcard").is_file()
+    with session_maker() as s:
+        assert service.get_card(s, card_id).state == "produced"
+        assert service.queue_depths(s) == {"manufacturer": 0, "municipality": 1}
+    assert manufacturer.main(["--data", str(tmp_path), "--role", "municipality", "--once"]) == 0
+    with session_maker() as s:
+        assert service.get_card(s, card_id).state == "shipped"

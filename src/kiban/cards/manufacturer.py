@@ -77,3 +77,60 @@ def arrive(session: Session, message: QueueMessage) -> None:
 def receive_shipments(factory: sessionmaker[Session], *, max_messages: int | None = None) -> int:
     """The municipality takes in the cards that arrived (state ``shipped``)."""
     return drain_queue(factory, service.MUNICIPALITY_QUEUE, {"arrive": arrive}, max_messages=max_messages)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m kiban.cards.manufacturer --data DIR [--role manufacturer|municipality] [--once]``
+
+    Runs one consumer as its own process: the manufacturer (cards into ``<data>/cards/shipped/``)
+    or the municipality's receiving desk. Stop it and the queue grows; start it and it drains in order.
+    """
+    import argparse
+    import logging
+    import time
+
+    from kiban.cards import storage
+    from kiban.core.config import load_settings
+    from kiban.core.database import make_engine, session_factory
+
+    parser = argparse.ArgumentParser(prog="python -m kiban.cards.manufacturer")
+    parser.add_argument("--data", default=None, help="data directory (database, keys, cards/)")
+    parser.add_argument("--role", choices=("manufacturer", "municipality"), default="manufacturer")
+    parser.add_argument("--once", action="store_true", help="drain what is queued, then exit")
+    parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
+    parser.add_argument("--algorithm", choices=("rsa2048", "p256"), default="rsa2048")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    settings = load_settings(args.data)
+    engine = make_engine(settings.database_url)
+    factory = session_factory(engine)
+    if args.role == "manufacturer":
+        maker = Manufacturer(
+            storage.shipped_dir(settings.data_dir),
+            storage.transport_passphrase(settings.keys_dir),
+            args.algorithm,
+        )
+
+        def consume() -> int:
+            return maker.run(factory)
+    else:
+
+        def consume() -> int:
+            return receive_shipments(factory)
+
+    try:
+        while True:
+            done = consume()
+            if done:
+                logging.getLogger("kiban.cards").info("%s: %d messages consumed", args.role, done)
+            if args.once:
+                return 0
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
