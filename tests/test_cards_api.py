@@ -119,6 +119,7 @@ def world(
         create_user(s, "chiyoda", PASSWORD, "clerk", municipality_code=A, display_name="千代田 職員")
         create_user(s, "shinjuku", PASSWORD, "clerk", municipality_code="131041", display_name="新宿 職員")
         create_user(s, "agent", PASSWORD, "call_centre", display_name="受付 一郎")
+        create_user(s, "operator", PASSWORD, "national_operator", display_name="機構 職員")
     card_id, person = prepare_card(session_maker, settings)
     app = create_app(
         settings, options=WebOptions(login_burst=1000, deliver_events=False), capabilities=[capability]
@@ -305,3 +306,7 @@ def test_call_centre_identifies_and_suspends(world: World) -> None:
     assert twice.status_code == 409 and "すでに一時停止中" in twice.text
     assert "応答率" in agent.get("/cards/call-centre", headers=HTML).text
     assert agent.get("/api/cards/queues").json() == {"manufacturer": 0, "municipality": 0}
+    # the home page's links: the call centre's 「カードの一時停止」, J-LIS's national overview
+    assert "待ち呼" in agent.get("/cards/suspend", headers=HTML).text
+    overview = world.client("operator").get("/cards", headers=HTML)
+    assert overview.status_code == 200 and "全国" in overview.text and "一時停止" in overview.text

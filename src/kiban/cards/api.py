@@ -23,7 +23,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import RedirectResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from starlette.responses import Response
 
@@ -189,24 +189,50 @@ def api_found(request: Request, card_id: str, user: Staff, call_id: int | None =
 # --------------------------------------------------------------------------- the counter
 
 
+Desk = Annotated[CurrentUser, Depends(require_role("clerk", "national_operator"))]
+
+
 @pages.get("")
-def counter(request: Request, user: Clerk) -> Response:
+def counter(request: Request, user: Desk) -> Response:
+    """The clerk's counter list; for J-LIS staff (national_operator) the national overview."""
     with unit(request) as s:
-        waiting = list(
-            s.scalars(
-                select(Card)
-                .where(Card.municipality_code == user.municipality_code, Card.state == states.NOTIFIED)
-                .order_by(Card.express.desc(), Card.applied_on, Card.card_id)
-                .limit(200)
+        municipality = user.municipality_code if user.role == "clerk" else None
+        waiting: list[Card] = []
+        if municipality is not None:
+            waiting = list(
+                s.scalars(
+                    select(Card)
+                    .where(Card.municipality_code == municipality, Card.state == states.NOTIFIED)
+                    .order_by(Card.express.desc(), Card.applied_on, Card.card_id)
+                    .limit(200)
+                )
             )
+        by_state = dict(
+            s.execute(
+                select(Card.state, func.count())
+                .where(*([Card.municipality_code == municipality] if municipality else []))
+                .group_by(Card.state)
+            ).all()
         )
         depths = service.queue_depths(s)
-        express = service.express_report(
-            s, today=service.today_jst(), municipality_code=user.municipality_code
-        )
+        express = service.express_report(s, today=service.today_jst(), municipality_code=municipality)
         return render(
-            request, "cards/counter.html", {"waiting": waiting, "depths": depths, "express": express[-50:]}
+            request,
+            "cards/counter.html",
+            {
+                "waiting": waiting,
+                "depths": depths,
+                "express": express[-50:],
+                "by_state": [(states.STATE_JA[k], by_state.get(k, 0)) for k in states.STATES],
+                "national": municipality is None,
+            },
         )
+
+
+@pages.get("/suspend")
+def suspend_desk(request: Request, user: Agent) -> Response:
+    """The call centre's entry point (the home page's 「カードの一時停止」)."""
+    return _call_page(request, user)
 
 
 def _card_page(
