@@ -17,9 +17,11 @@ from kiban.core.events import (
     DomainEvent,
     EventError,
     Registry,
+    check_events,
     drain,
     emit,
     emit_batch,
+    emit_checked,
     emit_many,
     random_event_ids,
     row_to_event,
@@ -184,3 +186,18 @@ def test_random_event_ids_are_canonical_random_uuids() -> None:
     free = [i for i in range(36) if i not in (8, 13, 14, 18, 19, 23)]
     assert all(len({value[i] for value in ids}) == 16 for i in free)
     assert {value[19] for value in ids} == set("89ab")
+
+
+def test_check_events_checks_everything_before_anything_is_written(
+    session_maker: sessionmaker[Session],
+) -> None:
+    with pytest.raises(EventError) as info:
+        check_events([{"type": TYPE, "key": "k", "payload": {}}, {"type": TYPE, "key": "", "payload": {}}])
+    assert info.value.field == "events[1].key"
+    payload: dict[str, Any] = {"n": 1}
+    checked = check_events([{"type": TYPE, "key": "k", "payload": payload}])
+    payload["n"] = 2  # serialised when checked
+    assert len(checked) == 1
+    with session_maker.begin() as s:
+        assert emit_checked(s, checked) == 1
+    assert [(r.key, r.payload) for r in _rows(session_maker)] == [("k", {"n": 1})]

@@ -102,3 +102,29 @@ def test_a_bad_entry_late_in_a_group_is_named_and_nothing_is_written(
     assert caught.value.field == field
     with session_maker() as s:
         assert s.scalars(select(AuditEntry.seq)).all() == before
+
+
+def test_batch_append_validates_first_and_chains_in_its_steps(session_maker: sessionmaker[Session]) -> None:
+    good = {**SHARED[0], "subject": "11111111119", "items": ["town"], "occurred_at": WHEN}
+    with pytest.raises(AuditError) as caught:
+        audit.BatchAppend([good, {**good, "subject": "123456789012"}])  # no session needed to refuse
+    assert caught.value.field == "entries[1].subject"
+    batch = audit.BatchAppend([good, {**good, "subject": "22222222228"}])
+    with pytest.raises(AssertionError):
+        batch.chain()  # claim() first
+    chains = []
+    with session_maker() as s:
+        head = s.scalars(select(AuditEntry.seq).order_by(AuditEntry.seq.desc()).limit(1)).first() or 0
+        audit.record_many(s, [good, {**good, "subject": "22222222228"}])
+        s.flush()
+        chains.append(_chain(s, head))
+        s.rollback()
+    with session_maker() as s:
+        batch.claim(s)
+        batch.chain()
+        assert batch.write(s) == range(head + 1, head + 3)
+        chains.append(_chain(s, head))
+        assert audit.verify(s).ok
+        s.rollback()
+    assert chains[0] == chains[1]
+    assert audit.BatchAppend([]).write(None) == range(0)  # type: ignore[arg-type,unused-ignore]

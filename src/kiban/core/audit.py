@@ -317,7 +317,42 @@ def record_batch(session: Session, entries: Iterable[Mapping[str, Any]]) -> rang
     ``items`` (a bulk job's usually do) are validated once, and the constant parts of their
     canonical form are written once.
     """
-    return _write_batch(session, _validated_batch(entries))
+    batch = BatchAppend(entries)
+    batch.claim(session)
+    batch.chain()
+    return batch.write(session)
+
+
+class BatchAppend:
+    """:func:`record_batch` in its steps, for a bulk path that overlaps the hashing with other work.
+
+    ``BatchAppend(entries)`` validates (an :class:`AuditError` names ``entries[i].field``);
+    ``claim(session)`` takes the head row's lock and the seqs, as :func:`record` does first;
+    ``chain()`` hashes, in Python only, so it may run while the session's connection works on
+    another statement; ``write(session)`` writes the entries and the head, returning the seqs.
+    The steps must run in this order, in one transaction.
+    """
+
+    def __init__(self, entries: Iterable[Mapping[str, Any]]) -> None:
+        self.entries = _validated_batch(entries)
+        self.head: tuple[int, str] | None = None
+        self.rows: list[_ChainedRow] = []
+
+    def claim(self, session: Session) -> None:
+        if self.entries:
+            self.head = _claim_seqs(session, len(self.entries))
+
+    def chain(self) -> None:
+        if self.entries:
+            assert self.head is not None, "claim() first"
+            self.rows = _chain_batch(self.entries, *self.head)
+
+    def write(self, session: Session) -> range:
+        if not self.entries:
+            return range(0)
+        assert len(self.rows) == len(self.entries), "chain() first"
+        _write_chained(session, self.rows)
+        return range(self.rows[0][1], self.rows[-1][1] + 1)
 
 
 # A bulk entry: its shared fields (one dict per group of alike entries), subject, items.
@@ -387,11 +422,12 @@ def _validated_batch(entries: Iterable[Mapping[str, Any]]) -> list[_BatchEntry]:
     return out
 
 
-def _write_batch(session: Session, entries: list[_BatchEntry]) -> range:
-    """:func:`_write` for :func:`_validated_batch`'s entries: same chain, same rows."""
-    if not entries:
-        return range(0)
-    last_seq, prev_hash = _claim_seqs(session, len(entries))
+# An entry chained: shared fields, seq, subject, items, items as JCS, prev_hash, hash.
+_ChainedRow = tuple[dict[str, Any], int, str, list[str], str, str, str]
+
+
+def _chain_batch(entries: list[_BatchEntry], last_seq: int, prev_hash: str) -> list[_ChainedRow]:
+    """:func:`_write`'s chaining for :func:`_validated_batch`'s entries: the same hashes."""
     first = last_seq - len(entries) + 1
     encode = _encode_str
     sha256 = hashlib.sha256
@@ -399,7 +435,7 @@ def _write_batch(session: Session, entries: list[_BatchEntry]) -> range:
     # RFC 8785 order, as _canonical_text writes them).
     parts: dict[int, tuple[str, str, str]] = {}
     items_text: dict[tuple[str, ...], str] = {}
-    rows: list[tuple[dict[str, Any], int, str, list[str], str, str, str]] = []
+    rows: list[_ChainedRow] = []
     seq = first - 1
     for shared, subject, items in entries:
         seq += 1
@@ -448,6 +484,10 @@ def _write_batch(session: Session, entries: list[_BatchEntry]) -> range:
         digest = sha256(canonical).hexdigest()
         rows.append((shared, seq, subject, items, listed, prev_hash, digest))
         prev_hash = digest
+    return rows
+
+
+def _write_chained(session: Session, rows: list[_ChainedRow]) -> None:
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         session.execute(
@@ -479,8 +519,7 @@ def _write_batch(session: Session, entries: list[_BatchEntry]) -> range:
                         _jcs(shared["flags"]),
                     )
                 write((seq, c[0], c[1], c[2], c[3], c[4], c[5], subject, listed, c[6], c[7], prev, digest))
-    session.execute(_SET_HEAD_HASH, {"new_hash": prev_hash})
-    return range(first, last_seq + 1)
+    session.execute(_SET_HEAD_HASH, {"new_hash": rows[-1][6]})
 
 
 def _arguments(i: int, entry: Any, now: datetime) -> dict[str, Any]:

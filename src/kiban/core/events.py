@@ -290,10 +290,35 @@ def emit_batch(session: Session, events: Iterable[Mapping[str, Any]]) -> int:
     Same validation, order and transaction semantics; it skips the decoded copy of each payload
     and the :class:`DomainEvent` per event, which cost about as much as writing the row.
     """
-    rows = _checked_rows(events)
-    if rows:
-        _write_outbox(session, rows)
-    return len(rows)
+    return emit_checked(session, check_events(events))
+
+
+class CheckedEvents:
+    """Events validated by :func:`check_events`, serialised, waiting for :func:`emit_checked`."""
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: list[_Row]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+
+def check_events(events: Iterable[Mapping[str, Any]]) -> CheckedEvents:
+    """:func:`emit_batch`'s validation alone (errors name ``events[i].field``); nothing is written.
+
+    For a bulk path that checks everything before it writes anything: the payloads are
+    serialised now, so later changes to the caller's dicts do not reach the outbox.
+    """
+    return CheckedEvents(_checked_rows(events))
+
+
+def emit_checked(session: Session, checked: CheckedEvents) -> int:
+    """Write events checked by :func:`check_events`, in order, in the caller's transaction."""
+    if checked._rows:
+        _write_outbox(session, checked._rows)
+    return len(checked._rows)
 
 
 def random_event_ids(count: int) -> list[str]:

@@ -49,7 +49,7 @@ from sqlalchemy.orm.exc import StaleDataError
 from kiban.core import audit, master
 from kiban.core.config import load_settings
 from kiban.core.database import utcnow
-from kiban.core.events import DomainEvent, Registry, emit, emit_batch
+from kiban.core.events import DomainEvent, Registry, check_events, emit, emit_checked
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator, validate_resident_code
 from kiban.numbering import service as numbering
 from kiban.numbering.notices import notify_assigned
@@ -2325,6 +2325,9 @@ def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkComm
                         "source": source,
                     }
                 )
+    # Everything is checked before anything is written: emit()'s and record()'s checks.
+    checked_events = check_events(outbox_rows)
+    entries = audit.BatchAppend(audit_rows)
     touched = [t for t in found.tracked.values() if t.r.version != t.first_version]
     for t in touched:
         t.r.name_search_key = name_search_key(t.r.family_name, t.r.given_name)
@@ -2334,8 +2337,20 @@ def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkComm
         | {f"v_{c}": getattr(t.r, c) for c in _BULK_COLUMNS}
         for t in touched
     ]
-    if updates and _update_rows(session, _BULK_UPDATE, _RESIDENTS, updates) != len(updates):
-        raise ConflictError("version", "stale_version", "another clerk changed a record of the batch")
+    # The audit head's lock and seqs first, so that hashing the chain and the history rows' JSON
+    # happen while PostgreSQL applies the records' UPDATE (about a sixth of the time, waited).
+    entries.claim(session)
+    history: list[list[Any]] = []
+
+    def meanwhile() -> None:
+        history.extend(_copy_values(history_rows, ("before", "after")))
+        entries.chain()
+
+    if updates:
+        if _update_rows(session, _BULK_UPDATE, _RESIDENTS, updates, meanwhile=meanwhile) != len(updates):
+            raise ConflictError("version", "stale_version", "another clerk changed a record of the batch")
+    else:
+        meanwhile()
     if moves:
         households = _household_updates(session, moves, now)
         if households and _update_rows(session, _BULK_HOUSEHOLD_UPDATE, _HOUSEHOLDS, households) != len(
@@ -2343,32 +2358,41 @@ def _apply_chunk(session: Session, actor: Actor, chunk: list[tuple[int, BulkComm
         ):
             raise ConflictError("version", "stale_version", "another clerk changed a household of the batch")
     if history_rows:
-        _insert_rows(session, _CHANGES, history_rows, json_columns=("before", "after"))
-    # Validated as emit() does, written in one go (emit flushes once per event).
-    emit_batch(session, outbox_rows)
-    audit.record_batch(session, audit_rows)
+        _insert_rows(session, _CHANGES, history_rows, history)
+    emit_checked(session, checked_events)
+    entries.write(session)
     return len(history_rows)
 
 
-def _insert_rows(
-    session: Session, table: Table, rows: list[dict[str, Any]], *, json_columns: Sequence[str] = ()
-) -> None:
-    """Insert ``rows`` in the session's transaction: COPY on PostgreSQL, executemany elsewhere."""
+def _copy_values(rows: list[dict[str, Any]], json_columns: Sequence[str]) -> list[list[Any]]:
+    """``rows`` as COPY takes them: values in column order, JSON columns as text."""
+    if not rows:
+        return []
+    json_at = [i for i, c in enumerate(rows[0]) if c in json_columns]
+    dumps = json.dumps
+    out = []
+    for row in rows:
+        values = list(row.values())
+        for i in json_at:
+            values[i] = dumps(values[i], ensure_ascii=False)
+        out.append(values)
+    return out
+
+
+def _insert_rows(session: Session, table: Table, rows: list[dict[str, Any]], values: list[list[Any]]) -> None:
+    """Insert ``rows`` in the session's transaction: COPY of ``values`` (:func:`_copy_values`) on
+    PostgreSQL, executemany of ``rows`` elsewhere."""
     connection = session.connection()
     if connection.dialect.name != "postgresql":
         session.execute(table.insert(), rows)
         return
-    columns = list(rows[0])
-    json_at = {i for i, c in enumerate(columns) if c in json_columns}
     driver = connection.connection.driver_connection
     assert driver is not None
-    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    statement = f"COPY {table.name} ({', '.join(rows[0])}) FROM STDIN"
     with driver.cursor() as cursor, cursor.copy(statement) as copy:
-        for row in rows:
-            values = list(row.values())
-            for i in json_at:
-                values[i] = json.dumps(values[i], ensure_ascii=False)
-            copy.write_row(values)
+        write = copy.write_row
+        for row in values:
+            write(row)
 
 
 def _household_updates(
@@ -2413,14 +2437,25 @@ def _household_updates(
     ]
 
 
-def _update_rows(session: Session, statement: Any, table: Table, rows: list[dict[str, Any]]) -> int:
+def _update_rows(
+    session: Session,
+    statement: Any,
+    table: Table,
+    rows: list[dict[str, Any]],
+    *,
+    meanwhile: Callable[[], None] | None = None,
+) -> int:
     """UPDATE rows by id (``b_id``) at version ``b_version``; returns the number of rows updated.
 
     PostgreSQL: the new values are COPYed into a temporary table and applied by one
-    ``UPDATE … FROM`` (an executemany UPDATE costs a round of the pipeline per row).
+    ``UPDATE … FROM`` (an executemany UPDATE costs a round of the pipeline per row). The UPDATE
+    is sent in psycopg's pipeline mode and ``meanwhile`` (Python work that needs no database)
+    runs while the server applies it.
     """
     connection = session.connection()
     if connection.dialect.name != "postgresql":
+        if meanwhile is not None:
+            meanwhile()
         result = session.execute(statement, rows)
         return int(result.rowcount)  # type: ignore[attr-defined]
     keys = list(rows[0])
@@ -2443,8 +2478,14 @@ def _update_rows(session: Session, statement: Any, table: Table, rows: list[dict
             for row in rows:
                 copy.write_row([row[name] for name in names])
         assignments = ", ".join(f"{name} = t.v_{name}" for name in value_columns)
-        cursor.execute(
+        update_from = (
             f"UPDATE {table.name} SET {assignments} FROM {temp} t "
             f"WHERE {table.name}.id = t.b_id AND {table.name}.version = t.b_version"
         )
+        if meanwhile is None:
+            cursor.execute(update_from)
+        else:
+            with driver.pipeline():
+                cursor.execute(update_from)
+                meanwhile()
         return int(cursor.rowcount)
