@@ -28,6 +28,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import nats
@@ -42,7 +43,7 @@ from kiban.core.database import import_all_models, make_engine, session_factory,
 from kiban.core.events import DomainEvent, emit, row_to_event
 from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
 from kiban.core.models.events import EventFailure, InboxEntry, OutboxEvent
-from kiban.core.nats_bus import consumer_handler_name
+from kiban.core.nats_bus import consumer_handler_name, publish_pending
 from kiban.network.distributed import (
     UP_TYPES,
     NationalNumbering,
@@ -881,3 +882,40 @@ def test_subjects_name_the_municipality_and_only_identity_events_count_as_unpubl
     moved = DomainEvent(**{**event.__dict__, "type": "network.move_out_forwarded", "payload": {
         "from_municipality_code": B, "to_municipality_code": A}})  # fmt: skip
     assert down_subject("kn")(moved) == f"kn.down.{A}.network.move_out_forwarded"  # to the destination
+
+
+class _FakeJetStream:
+    """Records what a relay publishes (subject, event id); every publish is acknowledged."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []
+
+    async def publish(self, subject: str, payload: bytes, **kwargs: Any) -> Any:
+        self.sent.append((subject, kwargs["headers"]["Nats-Msg-Id"]))
+        return SimpleNamespace(duplicate=False)
+
+
+def test_the_municipal_relay_publishes_only_identity_events_and_passes_over_the_rest(
+    session_maker: sessionmaker[Session],
+) -> None:
+    code = ResidentCodeGenerator(random.Random(6)).generate()
+    event = _change(code, datetime(2026, 11, 25, tzinfo=UTC))
+    with session_maker.begin() as s:
+        kept = emit(s, "numbering.number_assigned", code, {"municipality_code": B})
+        first = emit(s, "register.identity_changed", code, event.payload)
+        emit(s, "cards.state_changed", code, {"municipality_code": B})
+        second = emit(
+            s, "register.restriction_changed", code, {"resident_code": code, "municipality_code": B}
+        )
+    js = _FakeJetStream()
+    relay = publish_pending(session_maker, js, types=UP_TYPES, subject=up_subject("kn"), limit=3)
+    assert asyncio.run(relay) == 3  # two passed over within the first three rows, one published
+    assert js.sent == [(f"kn.up.{B}.register.identity_changed", first.id)]
+    relay = publish_pending(session_maker, js, types=UP_TYPES, subject=up_subject("kn"))
+    assert asyncio.run(relay) == 1
+    assert js.sent[1:] == [(f"kn.up.{B}.register.restriction_changed", second.id)]
+    with session_maker() as s:
+        assert s.scalar(select(func.count()).where(OutboxEvent.published_at.is_(None))) == 0
+        # Passed over is not delivered: the node's own handlers still get the local event.
+        row = s.scalars(select(OutboxEvent).where(OutboxEvent.event_id == kept.id)).one()
+        assert row.delivered_at is None

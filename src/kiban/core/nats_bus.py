@@ -114,16 +114,20 @@ async def publish_pending(
     types: Collection[str] | None = None,
     subject: Callable[[DomainEvent], str] | None = None,
 ) -> int:
-    """Publish up to ``limit`` unpublished outbox rows in order; returns how many JetStream stored.
+    """Publish up to ``limit`` unpublished outbox rows in order; returns how many rows it finished.
 
     Stops at the first failed publish (so that a key's events never overtake each other) after
-    marking what was acknowledged, then re-raises. ``types`` limits the relay to those event types
-    (the others stay unpublished: they are not for this stream); ``subject`` names each event's
-    subject instead of ``<subject_prefix>.<type>`` (e.g. a token for the destination).
+    marking what was acknowledged, then re-raises. Without ``types`` every row is published and
+    the count is what JetStream stored. ``types`` limits the relay to those event types: a row of
+    another type stays on its node (it is not for this stream) and is marked as passed over (its
+    ``published_at`` set too, and counted), so that the relay's scan is bounded by its backlog
+    rather than by the node's whole history. One relay per database, as always. ``subject`` names
+    each event's subject instead of ``<subject_prefix>.<type>`` (e.g. a token for the destination).
     """
     published: list[int] = []
     failure: BaseException | None = None
     duplicates = 0
+    passed_over = 0
     with factory() as session, session.begin():
         # Two relays would interleave their batches in the stream; the second one stands by.
         if session.get_bind().dialect.name == "postgresql" and not session.scalar(
@@ -131,10 +135,12 @@ async def publish_pending(
         ):
             return 0
         query = select(OutboxEvent).where(OutboxEvent.published_at.is_(None))
-        if types is not None:
-            query = query.where(OutboxEvent.type.in_(sorted(types)))
         rows = session.scalars(query.order_by(OutboxEvent.seq).limit(limit)).all()
         for row in rows:
+            if types is not None and row.type not in types:
+                published.append(row.seq)  # finished: not for this stream
+                passed_over += 1
+                continue
             event = row_to_event(row)
             try:
                 ack = await js.publish(
@@ -161,7 +167,7 @@ async def publish_pending(
         log.info(
             "relay: %d of %d events were already in the stream (dropped by Nats-Msg-Id)",
             duplicates,
-            len(published),
+            len(published) - passed_over,
         )
     if failure is not None:
         raise failure
