@@ -39,6 +39,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, RetentionPolicy, StorageType, StreamConfig
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from kiban.core.database import make_engine, session_factory, utcnow
@@ -214,6 +215,12 @@ async def run_relay(
                 )
             except (TimeoutError, nats.errors.Error) as exc:
                 log.warning("relay: publish failed, will retry: %s", exc)
+                sent = 0
+            except OperationalError as exc:
+                # A deadlock with the local dispatcher marking the same rows delivered (PostgreSQL
+                # picks a victim), a locked SQLite file, a database blip: the batch is sent again
+                # and JetStream drops what it already has (Nats-Msg-Id).
+                log.warning("relay: marking failed, will retry: %s", str(exc).splitlines()[0])
                 sent = 0
             total += sent
             if sent == 0:
