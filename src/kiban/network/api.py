@@ -39,9 +39,11 @@ from starlette.responses import Response
 from kiban.core import audit
 from kiban.core.database import transaction
 from kiban.core.documents import KeyDirectorySigners, SignerProvider
+from kiban.network import lookup
 from kiban.network import operations as ops
 from kiban.network import service as network
 from kiban.network.documents import issue_disclosure_letter, wareki_time
+from kiban.network.lookup import ProvisionBatcher
 from kiban.network.models import BulkJob
 from kiban.network.schemas import Answer
 from kiban.network.service import NetworkError
@@ -151,16 +153,33 @@ class ProvisionRequest(BaseModel):
     query: dict[str, Any]
 
 
-def _provide(
-    factory: sessionmaker[Session], agency_code: str, use_code: str, query: dict[str, Any]
-) -> Answer:
+_BATCHER_LOCK = threading.Lock()
+
+
+def batcher(request: Request) -> ProvisionBatcher:
+    """The process's provision batcher (kiban.network.lookup): created on first use, one per app."""
+    state = request.app.state
+    found: ProvisionBatcher | None = getattr(state, "network_batcher", None)
+    if found is None:
+        with _BATCHER_LOCK:
+            found = getattr(state, "network_batcher", None)
+            if found is None:
+                found = state.network_batcher = ProvisionBatcher(_factory(request))
+    return found
+
+
+def _query_error(exc: NetworkError) -> NetworkError:
+    return _error(f"query.{exc.field}" if exc.field != "query" else "query", exc.rule, exc.message)
+
+
+async def _provide(request: Request, agency_code: str, use_code: str, query: dict[str, Any]) -> Answer:
+    """One query, answered by the batcher: committed with its log and audit entry before it returns."""
     try:
-        with transaction(factory) as session:
-            return network.provide(session, agency_code, use_code, query)
+        parsed = lookup.parse(query)
     except NetworkError as exc:
-        raise _error(
-            f"query.{exc.field}" if exc.field != "query" else "query", exc.rule, exc.message
-        ) from exc
+        raise _query_error(exc) from exc
+    future = batcher(request).submit(lookup.Request(agency_code, use_code, parsed))
+    return await asyncio.wrap_future(future)
 
 
 def _refused(answer: Answer) -> Problem:
@@ -179,10 +198,10 @@ def _refused(answer: Answer) -> Problem:
 
 
 @api.post("/api/provision", summary="本人確認情報の照会: one query for one statutory use")
-def provide_one(request: Request, body: ProvisionRequest, user: AgencyUser) -> Answer:
+async def provide_one(request: Request, body: ProvisionRequest, user: AgencyUser) -> Answer:
     """Provided, ``not_found`` or ``ambiguous`` answer 200; a refusal (a use the agency may not
     make, a 個人番号 query for a use without it, a DV refusal) answers 403 after it was logged."""
-    answer = _provide(_factory(request), user.organisation or "", body.use_code, body.query)
+    answer = await _provide(request, user.organisation or "", body.use_code, body.query)
     if answer.outcome == "refused":
         raise _refused(answer)
     return answer
@@ -871,9 +890,7 @@ async def provision_submit(request: Request, user: AgencyUser) -> Response:
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
     values = {k: form.get(k, "") for k in ("use_code", "kind", *FORM_FIELDS)}
     try:
-        answer = await run_in_threadpool(
-            _provide, _factory(request), user.organisation or "", values["use_code"], _query_from_form(form)
-        )
+        answer = await _provide(request, user.organisation or "", values["use_code"], _query_from_form(form))
     except NetworkError as exc:
         error = FieldError(exc.field, exc.rule, exc.message)
         return await run_in_threadpool(
