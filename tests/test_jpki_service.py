@@ -521,7 +521,11 @@ def test_register_handlers_subscribes_both() -> None:
 
     registry = Registry()
     handlers.register_handlers(registry)
-    assert registry.event_types == ["cards.state_changed", "network.identity_changed"]
+    assert registry.event_types == [
+        "cards.state_changed",
+        "jpki.certificate_status_changed",
+        "network.identity_changed",
+    ]
     # discovered by every process that delivers events
     assert "network.identity_changed" in build_registry().event_types
 

@@ -27,6 +27,7 @@ from kiban.core.identifiers import IndividualNumberCipher, ResidentCodeGenerator
 from kiban.core.models.audit import AuditEntry
 from kiban.core.models.events import OutboxEvent
 from kiban.core.wareki import to_wareki
+from kiban.network import moves
 from kiban.numbering import service as numbering
 from kiban.numbering.notices import notify_assigned
 from kiban.register import api
@@ -64,6 +65,7 @@ def cheap_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
 def registry() -> Registry:
     reg = Registry()
     register_handlers(reg)  # the 個人番号 notices and the 転出/転入 handlers
+    moves.register_handlers(reg)  # 転出証明書情報 and 転入通知 travel through the network
     return reg
 
 

@@ -47,13 +47,13 @@ class EchoBody(BaseModel):
     name: Annotated[str, Field(max_length=10)]
 
 
-
 def schema_heads() -> list[str]:
     from alembic.script import ScriptDirectory
 
     from kiban.core.database import alembic_config
 
     return list(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+
 
 def test_capability(app: FastAPI) -> None:
     """Routes a capability would add, to exercise the dependencies and error mapping."""
@@ -789,3 +789,22 @@ def test_domain_errors_keep_their_status(tmp_path) -> None:
     assert client.get("/t/plain", headers={"accept": "application/json"}).status_code == 422
     # Only 403/404/409 are taken from the error; anything else stays a 422.
     assert client.get("/t/odd", headers={"accept": "application/json"}).status_code == 422
+
+
+def test_served_paths_see_routes_inside_included_routers() -> None:
+    from fastapi import APIRouter, FastAPI
+
+    from kiban.web.app import _served_paths
+
+    app, pages, inner = FastAPI(), APIRouter(prefix="/cards"), APIRouter()
+
+    @pages.get("/suspend")
+    def suspend() -> None: ...
+
+    @inner.get("/network")
+    def network() -> None: ...
+
+    app.include_router(pages)
+    app.include_router(inner, prefix="/ops")
+    assert {"/cards/suspend", "/ops/network"} <= _served_paths(app)
+    assert "/register" not in _served_paths(app)

@@ -42,13 +42,30 @@ def db_upgrade(
 def _register_subcommands() -> None:
     # Imported here so that `kiban --help` stays fast and one broken capability cannot
     # hide the others' commands.
-    from kiban.cli import audit, bench, ca, demo, events, ids, serve, users
+    from kiban.cli import (
+        audit,
+        bench,
+        ca,
+        card,
+        demo,
+        events,
+        ids,
+        jpki_verifiers,
+        network,
+        network_exports,
+        serve,
+        users,
+    )
 
     app.add_typer(ids.app, name="id")
     app.add_typer(audit.app, name="audit")
     app.add_typer(users.app, name="user")
     app.add_typer(events.app, name="events")
     app.add_typer(ca.app, name="ca")
+    app.add_typer(jpki_verifiers.app, name="verifier")
+    app.add_typer(card.app, name="card")
+    network.app.add_typer(network_exports.app, name="export")
+    app.add_typer(network.app, name="network")
     app.command("demo")(demo.demo)
     app.command("serve")(serve.serve)
     app.command("bench")(bench.bench)

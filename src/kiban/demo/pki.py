@@ -42,7 +42,7 @@ ISSUED_ON = datetime(2025, 4, 1, 0, 0, tzinfo=UTC)
 # One resident in fifteen holds a card with certificates in the demo (Japan: ~78 %): each holder
 # costs two RSA-2048 key generations, which bound the demo's run time.
 HOLDER_SHARE = 15
-MAX_HOLDERS = 250
+MAX_HOLDERS = 150
 SIGNATURE_AGE = 15
 
 

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import inspect, select
 
+from kiban.cards.demo import cards_chapter
 from kiban.core import accounts, audit
 from kiban.core.config import Settings, load_settings
 from kiban.core.database import make_engine, session_factory, upgrade
@@ -32,6 +33,7 @@ DEMO_FILES = {
     "keys",
     "documents",
     "pki",
+    "cards",
     "demo-credentials.txt",
     "audit-checkpoint.json",
 }
@@ -125,6 +127,7 @@ CHAPTERS: list[Chapter] = [
     demo_accounts,
     counter_work,
     pki_ceremony,
+    cards_chapter,
     live_a_year,
     network_year,
     pki_publish,

@@ -135,3 +135,7 @@ def register_web(app: FastAPI) -> None:
     app.state.fast_paths["/ocsp"] = responder
     app.state.metrics_registry.register(responder)
     app.include_router(router)
+    # The verifier registry, 新旧紐付け, 基本4情報 and the operator's screens.
+    from kiban.jpki.verifiers import api as verifiers_api
+
+    verifiers_api.register_web(app)

@@ -93,28 +93,10 @@ def complete_forwarded_move_in(session: Session, event: DomainEvent) -> None:
 
 
 def register_handlers(registry: Registry) -> None:
-    from kiban.register.service import register_event_handlers
-
     for event_type in NUMBER_EVENTS:
         registry.add(event_type, "register.apply_individual_number", apply_individual_number)
     # 転出証明書情報 received at the destination; the 転出 completed at the origin after the 転入:
     # both arrive through the network (kiban.network.moves), not straight from the other register.
     registry.add(MOVE_OUT_FORWARDED, "register.receive_move_out", receive_forwarded_move_out)
     registry.add(MOVE_IN_FORWARDED, "register.complete_move_out", complete_forwarded_move_in)
-    # Transitional: a registry that already has the network's handlers (embedded mode, network
-    # subscribed first as build_registry does) gets the network's relay too until
-    # kiban.network.handlers subscribes kiban.network.moves itself; then this does nothing.
-    if registry.find("network.replicate") and not registry.find("network.forward_move_out"):
-        from kiban.network import moves
-
-        moves.register_handlers(registry)
-    # The service's other handlers of its own events, if any, still apply: only the direct route of
-    # the two move events is left out.
-    own = Registry()
-    register_event_handlers(own)
-    for event_type in own.event_types:
-        if event_type in (MOVED_OUT, MOVED_IN):
-            continue
-        for sub in own.handlers_for(event_type):
-            registry.add(event_type, sub.name, sub.handler)
     registry.add("register.identity_changed", "register.end_seal_with_record", end_seal_with_record)

@@ -20,7 +20,7 @@ import os
 import pkgutil
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -98,6 +98,7 @@ ROLE_TASKS: dict[str, tuple[RoleTask, ...]] = {
             "住民票の写しの交付", "住民票の写しと印鑑登録証明書を交付します。", "/register/certificates"
         ),
         RoleTask("マイナンバーカードの交付", "カードを交付し、暗証番号を設定します。", "/cards"),
+        RoleTask("提供状況の開示", "本人確認情報の提供状況を本人に開示します。", "/disclosure"),
         RoleTask("副本の登録", "情報連携のための副本を登録します。", "/linkage"),
     ),
     "national_operator": (
@@ -354,8 +355,19 @@ def municipality_name(code: str) -> str | None:
     return f"{found.prefecture}{found.name}"
 
 
+def _route_paths(routes: Iterable[Any], prefix: str = "") -> Iterator[str]:
+    for route in routes:
+        if isinstance(getattr(route, "path", None), str):
+            yield prefix + route.path
+        # FastAPI ≥ 0.165 keeps an included router as one entry with its own routes and prefix.
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            context = getattr(route, "include_context", None)
+            yield from _route_paths(included.routes, prefix + str(getattr(context, "prefix", "") or ""))
+
+
 def _served_paths(app: FastAPI) -> set[str]:
-    return {getattr(route, "path", "") for route in app.routes}
+    return set(_route_paths(app.routes))
 
 
 def render(
