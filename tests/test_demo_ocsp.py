@@ -77,7 +77,8 @@ def test_openssl_ocsp_reports_every_sample_as_index_json_says(served_demo: tuple
         for extra in ((), ("-no_nonce",)):
             result = subprocess.run(
                 [str(OPENSSL), "ocsp", *extra, "-issuer", str(issuer), "-cert", str(cert),
-                 "-url", f"{base}/ocsp", "-CAfile", str(root), "-verify_other", str(issuer), "-timeout", "10"],
+                 "-url", f"{base}/ocsp", "-CAfile", str(root), "-verify_other", str(issuer),
+                 "-timeout", "10"],
                 capture_output=True, text=True, timeout=30,
             )  # fmt: skip
             out = result.stdout + result.stderr
