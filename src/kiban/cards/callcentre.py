@@ -5,6 +5,10 @@ answer-rate report against the 95% target. The agent identifies the caller with 
 questions answered from the register (生年月日, 氏名の振り仮名, 住所の町名) — three wrong tries end
 identification for that call — and only an identified caller's card can be suspended (with the
 person's smartphone certificates) or recorded as found.
+
+The centre is national: a holder abroad (国外転出 with continued use, so no current record in any
+municipality) is identified from the network's national copy (機構保存本人確認情報) instead —
+birth date, reading, and the 町名 of the last address in Japan.
 """
 
 from __future__ import annotations
@@ -18,10 +22,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from kiban.cards import service
-from kiban.cards.models import Call
-from kiban.core import audit
+from kiban.cards.models import Call, Card
+from kiban.core import audit, master
 from kiban.jpki import service as jpki
-from kiban.jpki.models import Certificate
+from kiban.network import service as network
 
 ANSWER_RATE_TARGET: Final = 0.95
 MAX_IDENTIFY_TRIES: Final = 3
@@ -109,20 +113,28 @@ def identify_caller(
         raise service.CardsError(
             "call_id", "identify_locked", "three failed identifications on this call", status=409
         )
+    _check_answers(answers)
     card = service.get_card(session, card_id)
-    record = service.resident_record(
-        session,
-        service.Actor(actor.username, actor.role, card.municipality_code),
-        card.resident_code,
-        card.municipality_code,
-        service.today_jst(moment),
-        "card_id",
-    )
+    if card.overseas:
+        known = _known_abroad(session, card)
+        source = "national_copy"
+    else:
+        record = service.resident_record(
+            session,
+            service.Actor(actor.username, actor.role, card.municipality_code),
+            card.resident_code,
+            card.municipality_code,
+            service.today_jst(moment),
+            "card_id",
+        )
+        known = (record.birth_date, record.family_name_kana + record.given_name_kana, record.town)
+        source = "register"
+    birth, kana, town = known
     ok = (
-        answers.birth_date == record.birth_date
-        and _kana(answers.name_kana) == _kana(record.family_name_kana + record.given_name_kana)
-        and bool(answers.town.strip())
-        and _kana(answers.town) in _kana(record.town)
+        answers.birth_date == birth
+        and _kana(answers.name_kana) == _kana(kana)
+        and bool(_kana(answers.town))
+        and _kana(answers.town) in _kana(town)
     )
     call.card_id = card.card_id
     call.identified = ok
@@ -135,9 +147,60 @@ def identify_caller(
         purpose="コールセンター本人確認",
         subject=card.resident_code,
         items=["生年月日", "氏名振り仮名", "住所"],
-        detail={"card_id": card.card_id, "call_id": call.id, "matched": ok},
+        detail={"card_id": card.card_id, "call_id": call.id, "matched": ok, "source": source},
     )
     return ok
+
+
+MAX_ANSWER: Final = 100
+
+
+def _check_answers(answers: object) -> None:
+    if not isinstance(answers, KnowledgeAnswers):
+        raise service.CardsError("answers", "type", "must be KnowledgeAnswers")
+    if not isinstance(answers.birth_date, date):
+        raise service.CardsError("answers.birth_date", "type", "must be a date")
+    for name in ("name_kana", "town"):
+        value = getattr(answers, name)
+        if (
+            not isinstance(value, str)
+            or len(value) > MAX_ANSWER
+            or any(unicodedata.category(ch).startswith("C") for ch in value)
+        ):
+            raise service.CardsError(
+                f"answers.{name}", "format", f"at most {MAX_ANSWER} characters, no control characters"
+            )
+
+
+def _town_part(address: str, municipality_code: str) -> str:
+    """The address after the prefecture and municipality (町名 onwards), so that naming the
+    prefecture or city alone never identifies anyone."""
+    try:
+        body = master.municipality(municipality_code)
+    except master.MasterError:
+        return address
+    for prefix in (f"{body.prefecture}{body.address_name}", f"{body.prefecture}{body.name}"):
+        if address.startswith(prefix):
+            return address[len(prefix) :]
+    return address
+
+
+def _known_abroad(session: Session, card: Card) -> tuple[date, str, str]:
+    """What the national copy knows of a holder abroad: birth date, reading, and the town part of
+    the last address in Japan (the newest version while the person was still a resident)."""
+    versions = network.national_history(session, card.resident_code)
+    if not versions:
+        raise service.CardsError(
+            "card_id", "not_in_national_copy", "the national copy holds no record of the holder", status=404
+        )
+    newest = versions[-1]
+    domestic = [v for v in versions if v.status == "active"]
+    home = domestic[-1] if domestic else newest
+    return (
+        newest.birth_date,
+        newest.family_name_kana + newest.given_name_kana,
+        _town_part(home.address, home.municipality_code),
+    )
 
 
 def _identified(call: Call, card_id: str) -> None:
@@ -164,17 +227,11 @@ def suspend_by_call(
     _identified(call, card_id)
     card = service.suspend(session, actor, card_id, reason=reason, request_id=request_id, now=moment)
     held = []
-    # Read-only look-up of the person's good smartphone certificates; the change goes through jpki.hold.
-    for serial, ca_id in session.execute(
-        select(Certificate.serial, Certificate.ca_id).where(
-            Certificate.resident_code == card.resident_code,
-            Certificate.kind.in_(MOBILE_KINDS),
-            Certificate.status == "good",
-            Certificate.not_after > moment,
-        )
-    ):
-        jpki.hold(session, serial, now=moment, actor=actor.username, ca_id=ca_id)
-        held.append(serial)
+    # The person's live smartphone certificates, read through the CA's service; good ones are held.
+    for cert in jpki.certificates_of(session, card.resident_code, kinds=MOBILE_KINDS):
+        if cert.status == "good" and cert.not_after > moment:
+            jpki.hold(session, cert.serial, now=moment, actor=actor.username, ca_id=cert.ca_id)
+            held.append(cert.serial)
     call.outcome = "suspended"
     return held
 

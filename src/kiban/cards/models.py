@@ -9,6 +9,8 @@
 - ``cards_transitions``: every state change (who, when, why), never updated; ``request_id`` makes
   a replayed call (a call-centre retry) a clear refusal instead of a second change.
 - ``cards_batches``: production orders (製造依頼) to a manufacturer.
+- ``cards_changes``: changes to an issued card that are not state changes (在留期間 extension of
+  its expiry, certificate renewal), never updated.
 - ``cards_queue``: messages to the manufacturer and to municipalities, consumed in ``seq`` order,
   each exactly once (``consumed_at`` is set in the consumer's transaction with its effect).
 """
@@ -71,6 +73,7 @@ class Card(Base):
     signature_key: Mapped[str | None] = mapped_column(Text, nullable=True)
     user_auth_serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
     signature_serial: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    renewal_of: Mapped[str | None] = mapped_column(String(12), nullable=True)  # 更新: the card it renews
     version: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
@@ -154,3 +157,19 @@ class Call(Base):
     card_id: Mapped[str | None] = mapped_column(String(12), nullable=True)
     identified: Mapped[bool] = mapped_column(Boolean)
     outcome: Mapped[str | None] = mapped_column(String(16), nullable=True)
+
+
+class Change(Base):
+    """A change to an issued card that is not a state change (有効期限の延長, 電子証明書の更新)."""
+
+    __tablename__ = "cards_changes"
+    __table_args__ = (Index("ix_cards_changes_card_id", "card_id", "id"),)
+
+    id: Mapped[int] = mapped_column(SEQ_TYPE, primary_key=True, autoincrement=True)
+    card_id: Mapped[str] = mapped_column(String(12))
+    change: Mapped[str] = mapped_column(String(32))  # expiry_extended | certificates_renewed
+    old_value: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    new_value: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    reason: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    actor: Mapped[str] = mapped_column(String(64))

@@ -27,7 +27,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from kiban.cards import states
-from kiban.cards.models import ApplicationForm, Batch, Card, QueueMessage, Transition
+from kiban.cards.models import ApplicationForm, Batch, Card, Change, QueueMessage, Transition
 from kiban.cards.softcard import CardError, SoftCard, check_pin, verify_signature
 from kiban.core import audit
 from kiban.core.database import utcnow
@@ -57,7 +57,18 @@ DEFECT_CODES: Final[dict[str, str]] = {
     "identity_mismatch": "住民基本台帳との不一致",
 }
 SUSPEND_REASONS: Final = ("lost", "stolen", "other")
-ABOLISH_REASONS: Final = ("returned", "abolished", "key_compromise", "withdrawn", "not_collected", "replaced")
+ABOLISH_REASONS: Final = (
+    "returned",
+    "abolished",
+    "key_compromise",
+    "withdrawn",
+    "not_collected",
+    "replaced",
+    "renewed",
+)
+# 更新: a card renewal application, and a certificate renewal, from 3 months before expiry
+# (REFERENCE: renewal possible from 3 months before expiry; the CA's own window is the same).
+RENEWAL_WINDOW_MONTHS: Final = profiles.RENEWAL_WINDOW_MONTHS
 # 本人確認書類: A = one suffices (photo ID), B = two needed (交付時の本人確認, 番号法施行規則).
 ID_DOCUMENTS_A: Final = frozenset({"passport", "driving_licence", "residence_card", "disability_certificate"})
 ID_DOCUMENTS_B: Final = frozenset(
@@ -618,9 +629,15 @@ def _issue_certificates(
     pins: Mapping[str, str],
     keystore: KeyStore,
     moment: datetime,
+    renewal_of: Mapping[str, str] | None = None,
 ) -> tuple[str, str | None]:
-    """Keys made on the card, certificates from the CA, written back onto the card."""
+    """Keys made on the card, certificates from the CA, written back onto the card.
+
+    ``renewal_of`` (kind → serial of a good certificate, of this card or the card it replaces):
+    the new certificate is issued as its renewal, so the CA supersedes the old one and links them
+    (新旧紐付け: a verifier follows ``replaced_by``)."""
     assert card.expires_on is not None
+    renewal_of = renewal_of or {}
     holder = _holder(record, card.card_id)
     user_key = soft.generate_key_pair("user_auth", pins["user_auth"])
     user = jpki.issue_user_auth_certificate(
@@ -630,6 +647,7 @@ def _issue_certificates(
         holder=holder,
         card_expiry=card.expires_on,
         now=moment,
+        renewal_of=renewal_of.get("user_auth"),
         actor=actor.username,
     )
     soft.store_certificate("user_auth", user.der)
@@ -646,12 +664,22 @@ def _issue_certificates(
             holder=holder,
             card_expiry=card.expires_on,
             now=moment,
+            renewal_of=renewal_of.get("signature"),
             actor=actor.username,
         )
         soft.store_certificate("signature", sign.der)
         card.signature_key = _spki_pem(sign_key)
         card.signature_serial = sign.serial
     return user.serial, card.signature_serial
+
+
+def good_certificates(session: Session, card: Card) -> dict[str, str]:
+    """The card's certificates that are still good at the CA (kind → serial): what a renewal supersedes."""
+    out: dict[str, str] = {}
+    for kind, serial in (("user_auth", card.user_auth_serial), ("signature", card.signature_serial)):
+        if serial and jpki.find_certificate(session, serial).status == "good":
+            out[kind] = serial
+    return out
 
 
 def _check_pins(pins: object, record: ResidentView, today: date) -> dict[str, str]:
@@ -725,6 +753,7 @@ def hand_over(
         expiry = min(expiry, record.period_of_stay_end)
     card.expires_on = expiry
     replaced: list[str] = []
+    renewal_of: dict[str, str] = {}
     for old in session.scalars(
         select(Card)
         .where(
@@ -732,13 +761,19 @@ def hand_over(
             Card.card_id != card.card_id,
             Card.state.in_(states.ISSUED),
         )
+        .order_by(Card.created_at.desc(), Card.card_id)
         .with_for_update()
     ):
-        _transition(session, actor, old, "abolish", now=moment, reason="replaced", event_state="abolished")
+        # The old card's good certificates are superseded by the new card's (新旧紐付け), read
+        # before its abolition (the CA revokes what is left of it when the event arrives).
+        if not renewal_of:
+            renewal_of = good_certificates(session, old)
+        reason = "renewed" if card.renewal_of == old.card_id else "replaced"
+        _transition(session, actor, old, "abolish", now=moment, reason=reason, event_state="abolished")
         replaced.append(old.card_id)
     soft.set_initial_pins(checked)
     user_serial, sign_serial = _issue_certificates(
-        session, actor, card, soft, record, checked, keystore, moment
+        session, actor, card, soft, record, checked, keystore, moment, renewal_of
     )
     _transition(session, actor, card, "hand_over", now=moment, reason="交付", audit_action="issue")
     return HandOverResult(card, user_serial, sign_serial, replaced)
@@ -802,7 +837,9 @@ def reissue_certificates(
             soft.verify_pin(kind, pin)  # type: ignore[arg-type]
     except CardError as exc:
         raise CardsError(f"pins.{kind}", exc.rule, str(exc)) from None
-    _issue_certificates(session, actor, card, soft, record, pins, keystore, moment)
+    _issue_certificates(
+        session, actor, card, soft, record, pins, keystore, moment, good_certificates(session, card)
+    )
     card.version += 1
     card.updated_at = moment
     _audit(session, actor, card, "issue", {"certificates": "reissued"})
@@ -886,6 +923,221 @@ def reset_pin_by_face(
     _audit(session, actor, card, "update", {"reset": kind, "by": "face_match"})
     card.updated_at = moment
     return card
+
+
+# --------------------------------------------------------------------------- renewal, 在留期間
+
+
+def renewal_opens(expires_on: date) -> date:
+    """The first day a renewal may be applied for: 3 months before the expiry date (same day of
+    the month, clamped to the month's end: 2027-05-31 → 2027-02-28)."""
+    return profiles.add_months(expires_on, -RENEWAL_WINDOW_MONTHS)
+
+
+def _own_clerk(actor: Actor, card: Card, what: str) -> None:
+    if actor.role != "clerk" or not actor.municipality_code:
+        raise CardsError("actor", "clerk_only", f"{what} is done by a clerk of the municipality", status=403)
+    if card.municipality_code != actor.municipality_code:
+        raise CardsError(
+            "card_id", "own_municipality", f"{what} is done at the card's municipality", status=403
+        )
+
+
+def _record_change(
+    session: Session,
+    actor: Actor,
+    card: Card,
+    change: str,
+    old: str | None,
+    new: str | None,
+    reason: str | None,
+    moment: datetime,
+) -> None:
+    session.add(
+        Change(
+            card_id=card.card_id,
+            change=change,
+            old_value=old,
+            new_value=new,
+            reason=reason,
+            at=moment,
+            actor=actor.username[:64],
+        )
+    )
+    card.version += 1
+    card.updated_at = moment
+    _audit(session, actor, card, "update", {"change": change, "old": old, "new": new, "reason": reason})
+
+
+def apply_renewal(session: Session, actor: Actor, card_id: str, *, now: datetime | None = None) -> Card:
+    """カードの更新申請 at the counter: an active card in its last 3 months (from
+    :func:`renewal_opens` to its expiry date) gets a new 申請書 and application; the new card
+    carries ``renewal_of`` and, at its hand-over, the old card is abolished (reason ``renewed``)
+    and the old card's good certificates are superseded by the new ones (新旧紐付け)."""
+    moment = aware_now(now)
+    today = today_jst(moment)
+    old = get_card(session, card_id, lock=True)
+    _own_clerk(actor, old, "renewal")
+    if old.state != states.ACTIVE:
+        raise CardsError("card_id", "not_active", f"the card is {old.state}", status=409)
+    assert old.expires_on is not None
+    if not renewal_opens(old.expires_on) <= today <= old.expires_on:
+        raise CardsError(
+            "card_id",
+            "renewal_window",
+            f"renewal is applied for from {renewal_opens(old.expires_on)} to {old.expires_on}",
+            status=409,
+        )
+    assert actor.municipality_code is not None
+    form = issue_forms(session, actor, [old.resident_code], actor.municipality_code, now=moment)
+    card = apply(session, actor, Application(form[old.resident_code], channel="paper"), now=moment)
+    card.renewal_of = old.card_id
+    session.flush()
+    return card
+
+
+def renew_certificates(
+    session: Session,
+    actor: Actor,
+    card_id: str,
+    *,
+    soft: SoftCard,
+    identity: IdentityCheck | None,
+    pins: Mapping[str, str],
+    keystore: KeyStore,
+    now: datetime | None = None,
+) -> Card:
+    """電子証明書の更新 at the counter while the card stays (certificates end at the 5th birthday, the
+    card at the 10th): in the certificate's last 3 months, new keys on the card and new certificates
+    issued as renewals of the old ones (the CA supersedes them, links old to new, and — renewed in
+    the window — counts to the 6th birthday). Refused when the card ends no later than the
+    certificate: then the card itself is renewed (:func:`apply_renewal`)."""
+    moment = aware_now(now)
+    today = today_jst(moment)
+    check_identity(identity)
+    card = get_card(session, card_id, lock=True)
+    _own_clerk(actor, card, "certificate renewal")
+    if card.state != states.ACTIVE:
+        raise CardsError("card_id", "not_active", f"the card is {card.state}", status=409)
+    if not isinstance(soft, SoftCard) or soft.card_id != card.card_id:
+        raise CardsError("soft", "wrong_card", "the card presented is not this card")
+    good = good_certificates(session, card)
+    if "user_auth" not in good:
+        raise CardsError(
+            "card_id", "no_certificate", "no good certificate to renew: re-issue instead", status=409
+        )
+    cert_end = jpki.find_certificate(session, good["user_auth"]).not_after
+    if not profiles.in_renewal_window(cert_end, moment):
+        raise CardsError(
+            "card_id",
+            "renewal_window",
+            f"certificates are renewed from {renewal_opens(cert_end.astimezone(JST).date())}",
+            status=409,
+        )
+    assert card.expires_on is not None
+    if card.expires_on <= cert_end.astimezone(JST).date():
+        raise CardsError(
+            "card_id",
+            "card_renewal_needed",
+            "the card ends with its certificates: renew the card",
+            status=409,
+        )
+    record = resident_record(session, actor, card.resident_code, card.municipality_code, today, "card_id")
+    needed = ["user_auth"] + (["signature"] if "signature" in good else [])
+    if not isinstance(pins, Mapping):
+        raise CardsError("pins", "type", "must map PIN kind to PIN")
+    for kind in needed:
+        if kind not in pins:
+            raise CardsError(f"pins.{kind}", "required", f"the {kind} PIN is needed to make the new key")
+    extra = set(pins) - set(needed)
+    if extra:
+        raise CardsError(f"pins.{sorted(extra)[0]}", "not_allowed", "not a PIN of a certificate renewed here")
+    try:
+        for kind in needed:
+            soft.verify_pin(kind, pins[kind])  # type: ignore[arg-type]
+    except CardError as exc:
+        raise CardsError(f"pins.{kind}", exc.rule, str(exc)) from None
+    _issue_certificates(session, actor, card, soft, record, pins, keystore, moment, good)
+    _record_change(
+        session,
+        actor,
+        card,
+        "certificates_renewed",
+        good["user_auth"],
+        card.user_auth_serial,
+        "電子証明書の更新",
+        moment,
+    )
+    return card
+
+
+def card_maximum(session: Session, card: Card, birth_date: date) -> date:
+    """The card's own longest validity, whatever the period of stay: 10th (5th) birthday after its
+    発行日, the production date (the day of its ``produced`` transition)."""
+    produced = session.scalar(
+        select(Transition.at).where(
+            Transition.card_id == card.card_id, Transition.to_state == states.PRODUCED
+        )
+    )
+    issued = produced.astimezone(JST).date() if produced is not None else card.issued_on
+    assert issued is not None
+    return card_validity(birth_date, issued)
+
+
+def extend_stay(
+    session: Session,
+    actor: Actor,
+    card_id: str,
+    *,
+    identity: IdentityCheck | None,
+    now: datetime | None = None,
+) -> Card:
+    """在留期間の更新 at the counter: a foreign resident's card ends with the period of stay; once the
+    register holds the new 満了日 (from 出入国在留管理庁), the card's expiry follows it, within the
+    card's own maximum (:func:`card_maximum`). Recorded in ``cards_changes`` and audited. The
+    certificates keep their end (capped by the old expiry): new ones are issued with
+    :func:`reissue_certificates`, superseding them."""
+    moment = aware_now(now)
+    today = today_jst(moment)
+    check_identity(identity)
+    card = get_card(session, card_id, lock=True)
+    _own_clerk(actor, card, "extension of the card's expiry")
+    if card.state not in states.ISSUED:
+        raise CardsError("card_id", "not_issued", f"the card is {card.state}", status=409)
+    assert card.expires_on is not None
+    if card.expires_on < today:
+        raise CardsError("card_id", "expired", "the card has expired: apply for a new one", status=409)
+    record = resident_record(session, actor, card.resident_code, card.municipality_code, today, "card_id")
+    stay_end = record.period_of_stay_end
+    if stay_end is None:
+        raise CardsError("card_id", "no_period_of_stay", "the holder has no period of stay (在留期間)")
+    new_end = min(card_maximum(session, card, record.birth_date), stay_end)
+    if new_end <= card.expires_on:
+        raise CardsError(
+            "card_id",
+            "stay_not_extended",
+            f"the register's period of stay ends {stay_end}: the card already runs to {card.expires_on}",
+            status=409,
+        )
+    old_end = card.expires_on
+    card.expires_on = new_end
+    _record_change(
+        session,
+        actor,
+        card,
+        "expiry_extended",
+        old_end.isoformat(),
+        new_end.isoformat(),
+        f"在留期間満了日 {stay_end.isoformat()}",
+        moment,
+    )
+    return card
+
+
+def changes(session: Session, card_id: str) -> list[Change]:
+    """The card's changes other than states (expiry extended, certificates renewed), oldest first."""
+    get_card(session, card_id)
+    return list(session.scalars(select(Change).where(Change.card_id == card_id).order_by(Change.id)))
 
 
 # --------------------------------------------------------------------------- after issuance

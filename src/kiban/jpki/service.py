@@ -1155,3 +1155,33 @@ def handle_card_state_changed(
 def replacement_of(session: Session, serial: str | int, *, ca_id: str | None = None) -> str | None:
     """新旧紐付け: the serial of the certificate that replaced this one (renewal), if any."""
     return find_certificate(session, serial, ca_id=ca_id).replaced_by
+
+
+def certificates_of(
+    session: Session,
+    resident_code: str,
+    *,
+    kinds: Sequence[str] | None = None,
+    live_only: bool = True,
+) -> list[Certificate]:
+    """A person's certificates (card and smartphone), oldest first, optionally of some ``kinds``
+    only (e.g. the 移動端末設備用 pair). ``live_only``: not revoked and not expired (a held one is
+    live). Read-only; the caller records the audit entry for its purpose."""
+    if (
+        not isinstance(resident_code, str)
+        or len(resident_code) != 11
+        or not resident_code.isascii()
+        or not resident_code.isdigit()
+    ):
+        raise CaError("resident_code", "format", "住民票コード is 11 digits")
+    query = select(Certificate).where(Certificate.resident_code == resident_code)
+    if kinds is not None:
+        if isinstance(kinds, str) or not all(isinstance(k, str) for k in kinds):
+            raise CaError("kinds", "type", "must be a sequence of certificate kinds")
+        unknown = sorted(set(kinds) - set(profiles.PERSONAL_KINDS))
+        if unknown:
+            raise CaError("kinds", "personal_kind", f"{unknown[0]!r} is not one of {profiles.PERSONAL_KINDS}")
+        query = query.where(Certificate.kind.in_(list(kinds)))
+    if live_only:
+        query = query.where(Certificate.status != "revoked", Certificate.not_after > utcnow())
+    return list(session.scalars(query.order_by(Certificate.id)))
