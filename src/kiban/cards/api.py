@@ -67,6 +67,15 @@ RULES_JA: dict[str, str] = {
     "pin_wrong": "暗証番号が違います。",
     "decrypt_failed": "カードの合言葉が違います。",
     "format": "形式が正しくありません。",
+    "renewal_window": "更新の手続は有効期限の3か月前からです。",
+    "not_active": "利用中のカードではありません。",
+    "clerk_only": "市区町村の窓口で行う手続です。",
+    "no_certificate": "更新できる電子証明書がありません。再発行の手続をしてください。",
+    "card_renewal_needed": "電子証明書とともにカードの有効期限が到来します。カードの更新を申請してください。",
+    "no_period_of_stay": "在留期間のない方のカードです。",
+    "stay_not_extended": "住民票の在留期間の満了日が更新されていません。",
+    "expired": "カードの有効期限が切れています。",
+    "not_allowed": "この手続では入力しない暗証番号です。",
 }
 DOCUMENTS_JA: dict[str, str] = {
     "driving_licence": "運転免許証（A）",
@@ -260,6 +269,8 @@ def _card_page(
             "error": error,
             "done": done,
             "expires_wareki": to_wareki(card.expires_on) if card.expires_on else None,
+            "renewal_opens": service.renewal_opens(card.expires_on) if card.expires_on else None,
+            "changes": service.changes(s, card_id),
         },
         status_code=status_code,
     )
@@ -403,6 +414,70 @@ async def certificates_submit(request: Request, card_id: str, user: Clerk) -> Re
         with unit(request) as s:
             return _card_page(request, s, user, card_id, error=_message(exc), status_code=_status(exc))
     return RedirectResponse(f"/cards/{card_id}?done=certificates", status_code=303)
+
+
+@pages.post("/{card_id}/renew")
+async def renew_submit(request: Request, card_id: str, user: Clerk) -> Response:
+    """カードの更新申請 (from 3 months before expiry): a new application; the old card is abolished
+    when the new one is handed over, and its certificates are superseded by the new ones."""
+    await _form(request)
+    try:
+        with unit(request) as s:
+            new_id = service.apply_renewal(s, _actor(user), card_id).card_id
+    except CardsError as exc:
+        with unit(request) as s:
+            return _card_page(request, s, user, card_id, error=_message(exc), status_code=_status(exc))
+    return RedirectResponse(f"/cards/{new_id}?done=renew", status_code=303)
+
+
+@pages.post("/{card_id}/renew-certificates")
+async def renew_certificates_submit(request: Request, card_id: str, user: Clerk) -> Response:
+    """電子証明書の更新 (in the certificates' last 3 months): new keys on the card, renewals at the CA."""
+    form = await _form(request)
+    settings = request.app.state.settings
+    path = storage.issued_path(settings.data_dir, card_id)
+    pins = {
+        kind: str(form.get(f"pin_{kind}") or "")
+        for kind in ("user_auth", "signature")
+        if form.get(f"pin_{kind}")
+    }
+    from kiban.jpki.keys import keystore_from_settings
+
+    try:
+        if not path.is_file():
+            raise CardsError(
+                "card_id", "not_found", "the holder's card file is not at this counter", status=404
+            )
+        soft = SoftCard.open(path, str(form.get("holder_passphrase") or ""))
+        with unit(request) as s:
+            service.renew_certificates(
+                s,
+                _actor(user),
+                card_id,
+                soft=soft,
+                identity=IdentityCheck(tuple(form["documents"]), user.username),
+                pins=pins,
+                keystore=keystore_from_settings(settings),
+            )
+    except (CardsError, CardError) as exc:
+        with unit(request) as s:
+            return _card_page(request, s, user, card_id, error=_message(exc), status_code=_status(exc))
+    return RedirectResponse(f"/cards/{card_id}?done=renew-certificates", status_code=303)
+
+
+@pages.post("/{card_id}/extend-stay")
+async def extend_stay_submit(request: Request, card_id: str, user: Clerk) -> Response:
+    """在留期間の更新: the card's expiry follows the register's new 在留期間の満了日."""
+    form = await _form(request)
+    try:
+        with unit(request) as s:
+            service.extend_stay(
+                s, _actor(user), card_id, identity=IdentityCheck(tuple(form["documents"]), user.username)
+            )
+    except CardsError as exc:
+        with unit(request) as s:
+            return _card_page(request, s, user, card_id, error=_message(exc), status_code=_status(exc))
+    return RedirectResponse(f"/cards/{card_id}?done=extend-stay", status_code=303)
 
 
 @pages.post("/{card_id}/reset-pin")
