@@ -645,7 +645,8 @@ def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream
         k: (m.starts_on, m.ends_on, m.lifted_on) for k, m in measures.items()
     }
 
-    # Only 本人確認情報 went up, only numbers came down, each to its own municipality.
+    # Only 本人確認情報 went up, only numbers came down, each to its own municipality; the
+    # 異動等情報 went to the CA's subjects.
     async def subjects() -> dict[str, int]:
         nc = await nats.connect(NATS_URL)
         info = await nc.jetstream().stream_info(stream, subjects_filter=f"{prefix}.>")
@@ -660,6 +661,7 @@ def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream
             ("up", "register.identity_changed"),
             ("up", "register.restriction_changed"),
             ("down", "numbering.number_assigned"),
+            ("ca", "network.identity_changed"),  # 異動等情報, for the CA's durable
         ]
     } | {
         f"up.{A}.register.moved_out",

@@ -398,6 +398,33 @@ def test_the_api_serves_each_export_to_its_role_only(web: Web, session_maker: se
     assert anonymous.get("/api/network/exports/identity-changes").status_code == 401
 
 
+def test_the_system_roles_get_only_their_own_export(session_maker: sessionmaker[Session]) -> None:
+    ca = exports.Caller("ca-feed", "ca_system", "J-LIS-CA")
+    linkage = exports.Caller("linkage", "linkage_system", "IPNS")
+    with session_maker.begin() as s:  # the role column takes the new roles (migration 0025_roles)
+        create_user(s, "ca-feed", PASSWORD, "ca_system", display_name="認証局システム")
+        create_user(s, "linkage", PASSWORD, "linkage_system", display_name="情報連携システム")
+        assert accounts.ROLE_NAMES_JA["ca_system"] and accounts.ROLE_NAMES_JA["linkage_system"]
+        emit(s, "network.identity_changed", "10000000001", {"resident_code": "10000000001"})
+    with session_maker.begin() as s:
+        page = exports.identity_change_feed(s, ca, settle=timedelta(0))
+        assert [e["key"] for e in page.events] == ["10000000001"]
+        with pytest.raises(exports.ExportError) as err:
+            exports.provide_resident_code(s, linkage, resident_code="12345678903")
+        assert err.value.status == 404  # allowed to ask; the person is unknown
+    refused = [
+        lambda s: exports.move_in_extract(s, ca, "2026-11", today=TODAY),
+        lambda s: exports.provide_resident_code(s, ca, resident_code="12345678903"),
+        lambda s: exports.move_in_extract(s, linkage, "2026-11", today=TODAY),
+        lambda s: exports.identity_change_feed(s, linkage),
+    ]
+    for call in refused:
+        with session_maker() as s, pytest.raises(exports.ExportError) as err:
+            call(s)
+        assert (err.value.rule, err.value.status) == ("role_forbidden", 403)
+    assert exports.EXPORT_ROLES == ("national_operator",)
+
+
 def test_the_cli_writes_the_csv_and_pages_the_feed(
     migrations: None,
     db_url: str,

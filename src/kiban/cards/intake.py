@@ -36,7 +36,7 @@ from kiban.cards.service import (
     today_jst,
 )
 from kiban.core import audit
-from kiban.register.models import Resident
+from kiban.register import service as register
 
 CHUNK = 5_000
 
@@ -109,22 +109,8 @@ def _chunk(
     }
     used = set(session.scalars(select(Card.application_id).where(Card.application_id.in_(ids))))
     codes = list({f.resident_code for f in forms.values()})
-    records: dict[tuple[str, str], Any] = {}
-    for row in session.execute(
-        select(
-            Resident.resident_code,
-            Resident.municipality_code,
-            Resident.status,
-            Resident.removed_reason,
-            Resident.removed_at,
-            Resident.created_at,
-        ).where(Resident.resident_code.in_(codes))
-    ):
-        key = (row.resident_code, row.municipality_code)
-        best = records.get(key)
-        rank = (row.status == "active", row.removed_at or row.created_at)
-        if best is None or rank > (best.status == "active", best.removed_at or best.created_at):
-            records[key] = row
+    # The register's own bulk reader (a capability never reads another's tables).
+    standing = register.statuses(session, codes)
     pending = set(
         session.scalars(
             select(Card.resident_code).where(
@@ -147,7 +133,8 @@ def _chunk(
         if form.resident_code in pending:
             result.refused.append(LineError(i, "application_id", "pending_application"))
             continue
-        record = records.get((form.resident_code, form.municipality_code))
+        person = standing.get(form.resident_code)
+        record = person.in_municipality(form.municipality_code) if person is not None else None
         if record is None:
             result.refused.append(LineError(i, "application_id", "not_found"))
             continue

@@ -2,7 +2,9 @@
 
     kiban network national  --data DIR [--db URL] [--nats URL] [--numbering-key PATH] [--metrics-port N]
     kiban network municipal --data DIR [--db URL] [--nats URL] --municipality 131016 [--municipality …]
-    kiban network backlog   [--nats URL] [--direction up|down]   per municipality: waiting, oldest
+    kiban network backlog   [--nats URL] [--direction up|down|ca] per municipality: waiting, oldest
+    kiban network initial-load --municipality 131016 [--after CODE]  初期登録 sent up (municipal node)
+    kiban network ca        --data DIR [--db URL]                the CA's feed of 異動等情報
     kiban network status    --data DIR [--db URL]                replication lag and quarantine
 
 Design notes: docs/network.md (distributed mode).
@@ -143,13 +145,15 @@ def backlog(
     stream: str = STREAM,
     prefix: str = PREFIX,
     durable: str = typer.Option("national", help="The national node's durable."),
-    direction: str = typer.Option("up", help="up: waiting for the national node; down: for municipalities."),
+    direction: str = typer.Option(
+        "up", help="up: waiting for the national node; down: for municipalities; ca: for the CA."
+    ),
 ) -> None:
     """Per municipality: messages not yet applied by the consuming node, and the oldest one's age."""
     from kiban.network.distributed import backlog_report
 
-    if direction not in ("up", "down"):
-        typer.echo("kiban network backlog: --direction is up or down", err=True)
+    if direction not in ("up", "down", "ca"):
+        typer.echo("kiban network backlog: --direction is up, down or ca", err=True)
         raise typer.Exit(2)
     rows = backlog_report(
         _nats_url(nats_url), stream=stream, prefix=prefix, durable=durable, direction=direction
@@ -158,6 +162,68 @@ def backlog(
     for row in rows:
         age = f"{row.oldest_age.total_seconds():.1f}" if row.oldest_age is not None else "-"
         typer.echo(f"{row.municipality_code}\t{row.direction}\t{row.pending}\t{age}")
+
+
+@app.command("initial-load")
+def initial_load(
+    municipality: list[str] = typer.Option(..., help="Municipality code(s) to load (6 digits)."),
+    data: Path | None = DATA,
+    db: str | None = DB,
+    nats_url: str | None = NATS,
+    stream: str = STREAM,
+    prefix: str = PREFIX,
+    after: str | None = typer.Option(None, help="Resume after this 住民票コード (the last one reported)."),
+    chunk: int = typer.Option(500, help="Persons a message (1-2,000)."),
+) -> None:
+    """初期登録 in distributed mode: the register's active residents go up to the national node in chunks.
+
+    Run on the municipal node. Idempotent (the national node skips people it already holds) and
+    resumable (--after the last code printed).
+    """
+    from kiban.core.database import make_engine, session_factory
+    from kiban.network.distributed import publish_initial_load
+
+    factory = session_factory(make_engine(_database_url(data, db)))
+
+    async def main() -> tuple[int, int]:
+        persons = chunks = 0
+        async for progress in publish_initial_load(
+            factory, _nats_url(nats_url), municipality, stream=stream, prefix=prefix, after=after, chunk=chunk
+        ):
+            persons += progress.persons
+            chunks += 1
+            resend = " (already in the stream)" if progress.duplicate else ""
+            typer.echo(
+                f"{progress.municipality_code}\t{progress.persons}\tlast={progress.last_resident_code}{resend}"
+            )
+        return persons, chunks
+
+    try:
+        persons, chunks = asyncio.run(main())
+    except ValueError as exc:
+        typer.echo(f"kiban network initial-load: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"sent {persons} persons in {chunks} messages")
+
+
+@app.command()
+def ca(
+    data: Path | None = DATA,
+    db: str | None = DB,
+    nats_url: str | None = NATS,
+    stream: str = STREAM,
+    prefix: str = PREFIX,
+) -> None:
+    """The CA's feed of 異動等情報 (network.identity_changed) from the national node, applied here."""
+    from kiban.core.database import make_engine, session_factory
+    from kiban.network.distributed import run_ca
+
+    factory = session_factory(make_engine(_database_url(data, db)))
+
+    async def main(stop: asyncio.Event) -> None:
+        await run_ca(factory, _nats_url(nats_url), stream=stream, prefix=prefix, stop=stop)
+
+    _run(main)
 
 
 @app.command()

@@ -49,6 +49,8 @@ ROLE_NAMES_JA: dict[str, str] = {
     "agency": "国の行政機関等",
     "verifier": "署名検証者・利用者証明検証者",
     "call_centre": "コールセンター担当者",
+    "ca_system": "認証局システム（異動等情報）",
+    "linkage_system": "情報連携システム（符号）",
 }
 
 MAX_FAILED_LOGINS = 5

@@ -113,7 +113,7 @@ async def publish_pending(
     limit: int = 500,
     timeout: float = 5.0,
     types: Collection[str] | None = None,
-    subject: Callable[[DomainEvent], str] | None = None,
+    subject: Callable[[DomainEvent], str | Sequence[str]] | None = None,
 ) -> int:
     """Publish up to ``limit`` unpublished outbox rows in order; returns how many rows it finished.
 
@@ -123,7 +123,10 @@ async def publish_pending(
     another type stays on its node (it is not for this stream) and is marked as passed over (its
     ``published_at`` set too, and counted), so that the relay's scan is bounded by its backlog
     rather than by the node's whole history. One relay per database, as always. ``subject`` names
-    each event's subject instead of ``<subject_prefix>.<type>`` (e.g. a token for the destination).
+    each event's subject instead of ``<subject_prefix>.<type>`` (e.g. a token for the destination);
+    it may name several (the event is published to each, ``Nats-Msg-Id`` = ``<id>@<subject>``), and
+    the row is finished once all of them are acknowledged: a failure part-way sends them all again,
+    and JetStream drops the ones it has.
     """
     published: list[int] = []
     failure: BaseException | None = None
@@ -143,18 +146,24 @@ async def publish_pending(
                 passed_over += 1
                 continue
             event = row_to_event(row)
+            named = subject(event) if subject is not None else subject_for(subject_prefix, event.type)
+            targets = [named] if isinstance(named, str) else list(named)
             try:
-                ack = await js.publish(
-                    subject(event) if subject is not None else subject_for(subject_prefix, event.type),
-                    event.to_json(),
-                    timeout=timeout,
-                    stream=stream,
-                    headers={"Nats-Msg-Id": event.id},
-                )
+                for target in targets:
+                    # One subject: the event id. Several (a notice for two addressees): one id per
+                    # subject, else JetStream's duplicate window would drop all but the first.
+                    msg_id = event.id if len(targets) == 1 else f"{event.id}@{target}"
+                    ack = await js.publish(
+                        target,
+                        event.to_json(),
+                        timeout=timeout,
+                        stream=stream,
+                        headers={"Nats-Msg-Id": msg_id},
+                    )
+                    duplicates += bool(ack.duplicate)
             except Exception as exc:  # marked below what did get through, then re-raised
                 failure = exc
                 break
-            duplicates += bool(ack.duplicate)
             published.append(row.seq)
         now = utcnow()
         for start in range(0, len(published), 500):
@@ -188,7 +197,7 @@ async def run_relay(
     create_stream: bool = True,
     stop: asyncio.Event | None = None,
     types: Collection[str] | None = None,
-    subject: Callable[[DomainEvent], str] | None = None,
+    subject: Callable[[DomainEvent], str | Sequence[str]] | None = None,
     name: str = "kiban-relay",
 ) -> int:
     """Relay the outbox until ``stop`` is set (or, with ``once``, until it is empty).

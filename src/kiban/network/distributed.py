@@ -30,7 +30,8 @@ import contextlib
 import logging
 import re
 import threading
-from collections.abc import Callable, Iterator, Sequence
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,9 +49,14 @@ from kiban.network.handlers import copy_restrictions
 from kiban.network.moves import MOVE_IN_FORWARDED, MOVE_OUT_FORWARDED, MOVED_IN, MOVED_OUT
 from kiban.network.service import (
     IDENTITY_CHANGED_IN,
+    IDENTITY_CHANGED_OUT,
+    INITIAL_LOAD,
+    REGISTRATION_CONFLICT,
     RESTRICTION_CHANGED_IN,
     IdentityChange,
     apply_identity_change,
+    apply_initial_load,
+    initial_load_person,
 )
 from kiban.numbering import service as numbering
 from kiban.numbering.notices import NUMBER_ASSIGNED, NUMBER_REISSUED, notify_assigned
@@ -61,10 +67,21 @@ log = logging.getLogger(__name__)
 DEFAULT_STREAM = "KIBAN_NET"
 DEFAULT_PREFIX = "kibannet"
 NATIONAL_DURABLE = "national"
+CA_DURABLE = "ca"  # the CA's (and cards') reader of the 異動等情報 subjects
 # What leaves the municipality (本人確認情報, the support measures, the 転出証明書情報 and 転入通知
 # for the other municipality), and what comes back.
 UP_TYPES = (IDENTITY_CHANGED_IN, RESTRICTION_CHANGED_IN, MOVED_OUT, MOVED_IN)
-DOWN_TYPES = (NUMBER_ASSIGNED, NUMBER_REISSUED, MOVE_OUT_FORWARDED, MOVE_IN_FORWARDED)
+DOWN_TYPES = (
+    NUMBER_ASSIGNED,
+    NUMBER_REISSUED,
+    MOVE_OUT_FORWARDED,
+    MOVE_IN_FORWARDED,
+    REGISTRATION_CONFLICT,  # to both municipalities (its ``notify``)
+)
+# What the national node's relay sends: the down types, and the 異動等情報 to the CA's subjects.
+NATIONAL_TYPES = (*DOWN_TYPES, IDENTITY_CHANGED_OUT)
+# Chunk of an initial load (persons a message; a message stays well under NATS's 1 MB default).
+INITIAL_LOAD_CHUNK = 500
 # Which payload item names the municipality a message comes from (up) or goes to (down).
 _SENDER = {MOVED_OUT: "from_municipality_code", MOVED_IN: "to_municipality_code"}
 _ADDRESSEE = {MOVE_OUT_FORWARDED: "to_municipality_code", MOVE_IN_FORWARDED: "from_municipality_code"}
@@ -104,6 +121,29 @@ def down_subject(prefix: str) -> Callable[[DomainEvent], str]:
     def subject(event: DomainEvent) -> str:
         addressee = municipality_of(event, _ADDRESSEE.get(event.type, "municipality_code"))
         return f"{prefix}.down.{addressee}.{event.type}"
+
+    return subject
+
+
+def national_subjects(prefix: str) -> Callable[[DomainEvent], str | list[str]]:
+    """Where the national node's relay sends each event.
+
+    - a registration conflict: ``<prefix>.down.<code>.<type>`` for *both* municipalities (``notify``);
+    - the 異動等情報 (``network.identity_changed``): ``<prefix>.ca.<municipality>.<type>``, read by
+      the CA's durable :data:`CA_DURABLE` (the municipality token keeps the backlog per municipality);
+    - the rest: :func:`down_subject` (the person's municipality, or a move's other end).
+    """
+    down = down_subject(prefix)
+
+    def subject(event: DomainEvent) -> str | list[str]:
+        if event.type == REGISTRATION_CONFLICT:
+            notify = event.payload.get("notify")
+            codes = [c for c in notify if isinstance(c, str)] if isinstance(notify, list) else []
+            tokens = sorted({c if _MUNICIPALITY_RE.match(c) else UNKNOWN for c in codes}) or [UNKNOWN]
+            return [f"{prefix}.down.{token}.{event.type}" for token in tokens]
+        if event.type == IDENTITY_CHANGED_OUT:
+            return f"{prefix}.ca.{municipality_of(event)}.{event.type}"
+        return down(event)
 
     return subject
 
@@ -178,9 +218,14 @@ def national_registry(cipher: NumberCipher | None) -> Registry:
     def replicate(session: Session, event: DomainEvent) -> None:
         apply_identity_change(session, event, numberer=numberer)
 
+    def initial_load(session: Session, event: DomainEvent) -> None:
+        result = apply_initial_load(session, event, numberer=numberer)
+        log.info("initial load %s from %s: %s", event.id, event.key, result)
+
     registry = Registry()
     registry.add(IDENTITY_CHANGED_IN, "network.replicate", replicate)
     registry.add(RESTRICTION_CHANGED_IN, "network.copy_restrictions", copy_restrictions)
+    registry.add(INITIAL_LOAD, "network.initial_load", initial_load)
     moves.register_handlers(registry)
     return registry
 
@@ -194,7 +239,24 @@ def municipal_registry() -> Registry:
         registry.add(event_type, "register.apply_individual_number", register.apply_individual_number)
     registry.add(MOVE_OUT_FORWARDED, "register.receive_move_out", register.receive_forwarded_move_out)
     registry.add(MOVE_IN_FORWARDED, "register.complete_move_out", register.complete_forwarded_move_in)
+    registry.add(REGISTRATION_CONFLICT, "network.conflict_notice", conflict_notice)
     return registry
+
+
+def conflict_notice(session: Session, event: DomainEvent) -> None:
+    """A municipality hears of a second active registration of one of its people (二重登録).
+
+    Logged for the municipality's staff: resolving it (which record is wrong) is their decision
+    and the national operator's release of the quarantined message; nothing is changed here.
+    """
+    payload = event.payload
+    log.warning(
+        "registration conflict: 住民票コード %s active in %s, claimed by %s (event %s)",
+        payload.get("resident_code"),
+        payload.get("active_municipality_code"),
+        payload.get("claiming_municipality_code"),
+        payload.get("event_id"),
+    )
 
 
 def local_registry(role: str) -> Registry:
@@ -284,8 +346,8 @@ async def run_national(
                 nats_url,
                 stream=stream,
                 subject_prefix=prefix,
-                types=DOWN_TYPES,
-                subject=down_subject(prefix),
+                types=NATIONAL_TYPES,
+                subject=national_subjects(prefix),
                 interval=interval,
                 create_stream=False,
                 stop=stop,
@@ -376,6 +438,143 @@ async def run_municipal(
     await _until_stopped(tasks, stop)
 
 
+def ca_registry() -> Registry:
+    """What a CA node applies from ``<prefix>.ca.>``: every capability's handlers but the network's."""
+    network = "kiban.network.handlers"
+    return build_registry([m for m in handler_modules() if m != network])
+
+
+async def run_ca(
+    factory: sessionmaker[Session],
+    nats_url: str,
+    *,
+    registry: Registry | None = None,
+    stream: str = DEFAULT_STREAM,
+    prefix: str = DEFAULT_PREFIX,
+    durable: str = CA_DURABLE,
+    stop: asyncio.Event | None = None,
+    idle_exit: float | None = None,
+) -> int:
+    """The CA's feed: apply the 異動等情報 (``<prefix>.ca.>``) to the CA's database, in stream order.
+
+    The same handlers as the embedded mode (``jpki.revoke_on_identity_change``, the cards'), with
+    exactly-once effects through the inbox. Returns how many messages were acknowledged.
+    """
+    check_prefix(prefix)
+    await _prepare_stream(nats_url, stream, prefix)
+    return await run_consumer(
+        factory,
+        registry or ca_registry(),
+        nats_url,
+        stream,
+        durable,
+        subject_prefix=f"{prefix}.ca",
+        stop=stop,
+        idle_exit=idle_exit,
+    )
+
+
+# --- initial load (初期登録) from a municipal node ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class InitialLoadProgress:
+    """One chunk of an initial load acknowledged by JetStream."""
+
+    municipality_code: str
+    persons: int
+    last_resident_code: str  # resume with ``after=`` this code
+    duplicate: bool  # JetStream already had this chunk (a resend)
+
+
+def initial_load_events(
+    session: Session,
+    municipality_code: str,
+    *,
+    after: str | None = None,
+    chunk: int = INITIAL_LOAD_CHUNK,
+) -> Iterator[DomainEvent]:
+    """The municipality's active residents as ``network.initial_load`` events, by 住民票コード.
+
+    Only the 本人確認情報 (:func:`~kiban.network.service.initial_load_person`). Each event's id is
+    derived from the municipality and its first and last code, so a resend of the same chunk is
+    the same event (JetStream's duplicate window and the national inbox drop it).
+    """
+    from kiban.register.models import Resident, ResidentStatus
+
+    if not _MUNICIPALITY_RE.match(municipality_code):
+        raise ValueError(f"municipality {municipality_code!r}: a 6-digit code (rule: municipality_code)")
+    if not 1 <= chunk <= 2_000:
+        raise ValueError(f"chunk {chunk}: 1 to 2,000 persons (rule: range)")
+    cursor = after or ""
+    while True:
+        residents = session.scalars(
+            select(Resident)
+            .where(
+                Resident.municipality_code == municipality_code,
+                Resident.status == ResidentStatus.ACTIVE.value,
+                Resident.resident_code > cursor,
+            )
+            .order_by(Resident.resident_code)
+            .limit(chunk)
+        ).all()
+        if not residents:
+            return
+        persons = [initial_load_person(r) for r in residents]
+        first, cursor = residents[0].resident_code, residents[-1].resident_code
+        ident = uuid.uuid5(uuid.NAMESPACE_URL, f"kiban:initial-load:{municipality_code}:{first}:{cursor}")
+        yield DomainEvent(
+            id=str(ident),
+            type=INITIAL_LOAD,
+            key=municipality_code,
+            schema_version=1,
+            occurred_at=datetime.now(UTC),
+            payload={"municipality_code": municipality_code, "persons": persons},
+            source=f"municipal:{municipality_code}",
+        )
+        session.expunge_all()  # bounded memory however large the municipality
+
+
+async def publish_initial_load(
+    factory: sessionmaker[Session],
+    nats_url: str,
+    municipalities: Sequence[str],
+    *,
+    stream: str = DEFAULT_STREAM,
+    prefix: str = DEFAULT_PREFIX,
+    after: str | None = None,
+    chunk: int = INITIAL_LOAD_CHUNK,
+    timeout: float = 10.0,
+) -> AsyncIterator[InitialLoadProgress]:
+    """Send the 初期登録 of ``municipalities`` up (``<prefix>.up.<code>.network.initial_load``).
+
+    Yields each chunk once JetStream has stored it. Idempotent (the national node skips people it
+    holds) and resumable: run again, or with ``after`` = the last code reported, after a failure.
+    The national node applies the chunks in stream order with the municipality's changes.
+    """
+    check_prefix(prefix)
+    await _prepare_stream(nats_url, stream, prefix)
+    nc = await nats.connect(nats_url, name="kiban-initial-load")
+    try:
+        js = nc.jetstream()
+        for code in municipalities:
+            with factory() as session:
+                for event in initial_load_events(session, code, after=after, chunk=chunk):
+                    ack = await js.publish(
+                        f"{prefix}.up.{code}.{INITIAL_LOAD}",
+                        event.to_json(),
+                        timeout=timeout,
+                        stream=stream,
+                        headers={"Nats-Msg-Id": event.id},
+                    )
+                    persons = event.payload["persons"]
+                    yield InitialLoadProgress(
+                        code, len(persons), persons[-1]["resident_code"], bool(ack.duplicate)
+                    )
+    finally:
+        await nc.close()
+
+
 def _serve_metrics(port: int, collectors: Sequence[Any]) -> None:
     from prometheus_client import CollectorRegistry, start_http_server
 
@@ -416,7 +615,8 @@ async def fetch_backlog(
     """Per municipality: messages the consuming node has not acknowledged, and the oldest one's age.
 
     ``up``: what the national node (durable ``durable``) still has to apply from each municipality;
-    ``down``: what each municipality's node still has to apply (its ``municipal-<code>`` durable).
+    ``down``: what each municipality's node still has to apply (its ``municipal-<code>`` durable);
+    ``ca``: the 異動等情報 the CA (durable :data:`CA_DURABLE`) has not applied yet.
     ``municipalities`` defaults to every municipality with messages in the stream.
     """
     check_prefix(prefix)
@@ -426,8 +626,9 @@ async def fetch_backlog(
         codes = list(municipalities or await _stream_municipalities(js, stream, prefix, direction))
         now = datetime.now(UTC)
         out: list[MunicipalBacklog] = []
-        if direction == "up":
-            found = await backlog(js, stream, durable, [f"{prefix}.up.{code}.>" for code in codes])
+        if direction in ("up", "ca"):
+            reader = durable if direction == "up" else CA_DURABLE
+            found = await backlog(js, stream, reader, [f"{prefix}.{direction}.{code}.>" for code in codes])
             pairs: list[tuple[str, Backlog]] = list(zip(codes, found, strict=True))
         else:
             pairs = []
@@ -498,10 +699,28 @@ class BacklogCollector:
         self._municipalities = list(municipalities)  # shown at 0 when nothing waits
         self.snapshot: list[MunicipalBacklog] = []
 
-    async def refresh(self, nats_url: str, stop: asyncio.Event, every: float = 5.0, **kwargs: Any) -> None:
+    async def refresh(
+        self,
+        nats_url: str,
+        stop: asyncio.Event,
+        every: float = 5.0,
+        *,
+        directions: Sequence[str] = (),
+        **kwargs: Any,
+    ) -> None:
+        """Renew the snapshot every ``every`` seconds until ``stop``; ``kwargs`` go to :func:`fetch_backlog`.
+
+        ``directions`` (e.g. ``("up", "down", "ca")`` for ``kiban serve``) fetches each in turn.
+        """
         while not stop.is_set():
             try:
-                self.snapshot = await fetch_backlog(nats_url, **kwargs)
+                if directions:
+                    found: list[MunicipalBacklog] = []
+                    for direction in directions:
+                        found += await fetch_backlog(nats_url, direction=direction, **kwargs)
+                    self.snapshot = found
+                else:
+                    self.snapshot = await fetch_backlog(nats_url, **kwargs)
             except Exception as exc:  # NATS away: keep the last snapshot, say so in the log
                 log.warning("backlog refresh failed: %s", exc)
             with contextlib.suppress(TimeoutError):

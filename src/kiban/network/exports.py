@@ -41,11 +41,12 @@ JST = ZoneInfo("Asia/Tokyo")
 
 # The national operator (J-LIS role) makes the statistics extract.
 EXPORT_ROLES: tuple[str, ...] = ("national_operator",)
-# The CA is run by the national role: its system account is a national_operator account today.
-# A dedicated system role (e.g. "ca_system") would narrow it; see the docs.
-CA_FEED_ROLES: tuple[str, ...] = ("national_operator",)
-# Likewise the linkage platform (情報提供ネットワークシステム) calls as a national_operator account.
-LINKAGE_ROLES: tuple[str, ...] = ("national_operator",)
+# The CA's system account (ca_system) reads the 異動等情報 feed; the linkage platform's
+# (linkage_system, 情報提供ネットワークシステム) asks for 住民票コード to make a 符号. A clerk, an
+# agency or a verifier never may. national_operator stays in both only for the operator's CLI on
+# the national node (kiban.cli.network_exports calls as it); see docs/network-moves-exports.md.
+CA_FEED_ROLES: tuple[str, ...] = ("ca_system", "national_operator")
+LINKAGE_ROLES: tuple[str, ...] = ("linkage_system", "national_operator")
 
 MIGRATION_REASON = "move_in"  # 転入 (from another municipality); 国外からの転入 is not domestic migration
 AGE_STEP = 5

@@ -763,6 +763,127 @@ def seed_copies(session: Session, municipality_codes: Sequence[str] | None = Non
     return len(national)
 
 
+INITIAL_LOAD = "network.initial_load"  # 初期登録 sent by a municipal node (distributed mode)
+INITIAL_LOAD_MAX = 2_000  # persons in one message (a larger one is refused whole)
+
+
+def initial_load_person(r: Resident) -> dict[str, Any]:
+    """One active resident's 本人確認情報 for an ``initial_load`` message (only the allowed items)."""
+    text = f"{r.prefecture}{r.municipality}{r.town}{r.banchi}"
+    person: dict[str, Any] = {
+        "resident_code": r.resident_code,
+        "previous_resident_code": None,
+        "municipality_code": r.municipality_code,
+        "family_name": r.family_name,
+        "given_name": r.given_name,
+        "family_name_kana": r.family_name_kana,
+        "given_name_kana": r.given_name_kana,
+        "old_family_name": r.old_family_name,
+        "old_family_name_kana": r.old_family_name_kana,
+        "birth_date": r.birth_date.isoformat(),
+        "sex": r.sex,
+        "address_text": f"{text}　{r.katagaki}" if r.katagaki else text,
+        "individual_number": r.individual_number,
+        "status": "active",
+        "reason": "initial_load",
+        "reason_ja": "初期登録",
+        "effective_on": (r.address_since or r.birth_date).isoformat(),
+        "notified_on": None,
+    }
+    assert set(person) <= _PAYLOAD_KEYS  # nothing but 本人確認情報 leaves the municipality
+    return person
+
+
+@dataclass(frozen=True)
+class InitialLoadResult:
+    """What one ``initial_load`` message did on the national node."""
+
+    applied: int  # new people in the copies (version 1, 初期登録)
+    present: int  # already in the copies (a replayed chunk, or a change that came first)
+    quarantined: int  # persons that broke a rule (each in network_quarantine with its reason)
+
+
+def apply_initial_load(
+    session: Session, event: DomainEvent, *, numberer: Numberer | None = None
+) -> InitialLoadResult:
+    """Handler of ``network.initial_load``: 初期登録 of a municipality's active residents, in chunks.
+
+    Payload: ``municipality_code`` and ``persons`` (each as :func:`initial_load_person`; the
+    message's key is the municipality). Each person is checked like a change (every rule of
+    :func:`parse_change`; a bad one is quarantined alone) and written as version 1 ``initial_load``
+    unless the copies already hold the 住民票コード, in any status: a change that arrived first is
+    newer than the register's state when the load read it. So a chunk applies once however often
+    it is sent (idempotent) and a load can be resent from any point (resumable). With
+    ``numberer``, a person without a 個人番号 gets one, as a change would.
+    """
+    payload = event.payload
+    municipality = payload.get("municipality_code")
+    persons = payload.get("persons")
+    if set(payload) - {"municipality_code", "persons"} or not isinstance(persons, list):
+        error = NetworkError("payload", "required", "municipality_code and a list of persons, nothing else")
+        quarantine(session, event, error)
+        return InitialLoadResult(0, 0, 1)
+    if len(persons) > INITIAL_LOAD_MAX:
+        error = NetworkError("payload.persons", "length", f"at most {INITIAL_LOAD_MAX} persons a message")
+        quarantine(session, event, error)
+        return InitialLoadResult(0, 0, 1)
+    changes: list[IdentityChange] = []
+    quarantined = 0
+    for i, person in enumerate(persons):
+        code = person.get("resident_code") if isinstance(person, dict) else None
+        one = DomainEvent(
+            id=f"initial:{municipality}:{code if isinstance(code, str) else i}"[:64],
+            type=IDENTITY_CHANGED_IN,
+            key=code if isinstance(code, str) else "",
+            schema_version=event.schema_version,
+            occurred_at=event.occurred_at,
+            payload=person if isinstance(person, dict) else {"person": person},
+            source=event.source,
+        )
+        try:
+            change = parse_change(one)
+            if change.municipality_code != municipality or change.status != "active":
+                raise NetworkError("payload.municipality_code", "key_match", "a person of another load")
+        except NetworkError as exc:
+            if not session.scalar(
+                select(QuarantinedMessage.id).where(QuarantinedMessage.event_id == one.id).limit(1)
+            ):
+                quarantine(session, one, exc)
+            quarantined += 1
+            continue
+        changes.append(change)
+    codes = [c.resident_code for c in changes]
+    held = set(
+        session.scalars(
+            select(NationalIdentity.resident_code).where(NationalIdentity.resident_code.in_(codes))
+        )
+    )
+    now = utcnow()
+    rows: list[dict[str, Any]] = []
+    for change in changes:
+        if change.resident_code in held:
+            continue
+        held.add(change.resident_code)  # a code twice in one chunk applies once
+        values: dict[str, Any] = {name: getattr(change, name) for name in _ITEMS}
+        if values["individual_number"] is None and numberer is not None:
+            values["individual_number"] = numberer(session, change)
+        values.update(
+            resident_code=change.resident_code,
+            prefecture_code=change.prefecture_code,
+            event_id=change.event_id,
+            event_occurred_at=change.occurred_at,
+            version_no=1,
+            is_current=True,
+            kana_key=kana_search_key(change.family_name_kana, change.given_name_kana),
+            applied_at=now,
+        )
+        rows.append(values)
+    if rows:
+        session.execute(insert(cast(Table, NationalIdentity.__table__)), rows)
+        session.execute(insert(cast(Table, PrefecturalIdentity.__table__)), rows)
+    return InitialLoadResult(len(rows), len(changes) - len(rows), quarantined)
+
+
 # --- replication status --------------------------------------------------------------------------
 
 

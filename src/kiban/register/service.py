@@ -37,7 +37,8 @@ import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import date, datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, Literal, ParamSpec, TypeVar, cast
 from zoneinfo import ZoneInfo
@@ -146,6 +147,9 @@ __all__ = [
     "search",
     "set_restriction",
     "snapshot",
+    "PersonStatus",
+    "RecordStatus",
+    "statuses",
     "today_jst",
 ]
 
@@ -746,8 +750,22 @@ def _new_resident(
     )
 
 
+def distributed_numbering() -> bool:
+    """True when the 個人番号 is assigned by the national node (``KIBAN_EVENT_TRANSPORT=nats``)."""
+    return load_settings().event_transport == "nats"
+
+
 def _request_number(session: Session, actor: Actor, code: str, cipher: numbering.NumberCipher | None) -> None:
-    """Ask the national role for a 個人番号 (付番); the register writes it when notified (handlers)."""
+    """Ask the national role for a 個人番号 (付番); the register writes it when notified (handlers).
+
+    Embedded mode: the national role is in this process, so the number is assigned here and its
+    notice emitted. Distributed mode: the request *is* the new person's ``register.identity_changed``
+    (active, no 個人番号), which goes up to the national node; its numberer assigns the number and
+    ``numbering.number_assigned`` comes back down (docs/network.md). The municipal node then needs
+    no number key, and its register never holds a number the national node did not make.
+    """
+    if distributed_numbering():
+        return
     if cipher is None:
         cipher = IndividualNumberCipher.from_key_file(load_settings().keys_dir / "numbering.key")
     number = numbering.assign_individual_number(session, code, cipher)
@@ -1552,6 +1570,101 @@ def register_event_handlers(registry: Registry) -> None:
 
 
 # --- DV等支援措置 ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordStatus:
+    """One municipality's record of a person, as far as another capability needs it (read-only)."""
+
+    municipality_code: str
+    status: str  # "active" or "removed"
+    removed_reason: str | None  # 消除事由: 死亡, 転出, 国外転出, …
+    removed_on: date | None
+    changed_at: datetime  # when the record was closed, else when it was made
+
+
+@dataclass(frozen=True)
+class PersonStatus:
+    """A person's standing in the register: the current record and each municipality's newest.
+
+    ``status``/``municipality_code``/``removed_reason`` are the current record's: the active one
+    if there is one, else the most recently closed. ``records`` holds the newest record per
+    municipality (an active one first), for a caller that asks about a given municipality.
+    """
+
+    resident_code: str
+    status: str
+    municipality_code: str
+    removed_reason: str | None
+    removed_on: date | None
+    records: dict[str, RecordStatus]
+
+    def in_municipality(self, municipality_code: str) -> RecordStatus | None:
+        return self.records.get(municipality_code)
+
+
+STATUS_CHUNK = 5_000
+
+
+def statuses(session: Session, resident_codes: Iterable[str]) -> dict[str, PersonStatus]:
+    """Bulk status of many people by 住民票コード (read-only; one query per 5,000 codes).
+
+    For other capabilities (the cards intake…) that must not read the register's tables. Codes
+    the register does not know are absent from the result. No personal data beyond status: no
+    audit entry (the caller audits its own use).
+    """
+    wanted = sorted({c for c in resident_codes if isinstance(c, str)})
+    best: dict[tuple[str, str], RecordStatus] = {}
+    for start in range(0, len(wanted), STATUS_CHUNK):
+        rows = session.execute(
+            select(
+                Resident.resident_code,
+                Resident.municipality_code,
+                Resident.status,
+                Resident.removed_reason,
+                Resident.removed_on,
+                Resident.removed_at,
+                Resident.created_at,
+            ).where(Resident.resident_code.in_(wanted[start : start + STATUS_CHUNK]))
+        )
+        for row in rows:
+            record = RecordStatus(
+                row.municipality_code,
+                row.status,
+                row.removed_reason,
+                row.removed_on,
+                row.removed_at or row.created_at,
+            )
+            key = (row.resident_code, row.municipality_code)
+            held = best.get(key)
+            if held is None or _rank(record) > _rank(held):
+                best[key] = record
+    per_code: dict[str, dict[str, RecordStatus]] = {}
+    for (code, municipality), record in best.items():
+        per_code.setdefault(code, {})[municipality] = record
+    out: dict[str, PersonStatus] = {}
+    for code, records in per_code.items():
+        current = max(records.values(), key=_rank)
+        out[code] = PersonStatus(
+            code,
+            current.status,
+            current.municipality_code,
+            current.removed_reason,
+            current.removed_on,
+            records,
+        )
+    return out
+
+
+def _rank(record: RecordStatus) -> tuple[bool, datetime]:
+    return (record.status == ResidentStatus.ACTIVE.value, _aware(record.changed_at))
+
+
+def _aware(moment: datetime) -> datetime:
+    # SQLite hands back naive UTC; PostgreSQL aware: compare them alike.
+    return (
+        moment.replace(tzinfo=None) if moment.tzinfo is None else moment.astimezone(UTC).replace(tzinfo=None)
+    )
 
 
 def is_restricted(session: Session, resident_code: str, on: date) -> bool:

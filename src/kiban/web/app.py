@@ -13,6 +13,7 @@ it is added under the capability's name: ``render(request, "register/resident.ht
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import importlib.util
 import logging
@@ -453,6 +454,12 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Distributed mode: the network's backlog gauges, renewed in the background (docs/network.md).
+        stop_refresh = asyncio.Event()
+        refresher = None
+        if backlog is not None:
+            task = backlog.refresh(settings.nats_url, stop_refresh, directions=("up", "down", "ca"))
+            refresher = asyncio.create_task(task)
         dispatcher = None
         if options.deliver_events and settings.event_transport == "embedded":
             # Embedded mode: the outbox is delivered in this process (production runs relays).
@@ -462,6 +469,9 @@ def create_app(
         yield
         if dispatcher is not None:
             dispatcher.stop()
+        if refresher is not None:
+            stop_refresh.set()
+            await refresher
         engine.dispose()
 
     app = FastAPI(
@@ -491,6 +501,13 @@ def create_app(
     from kiban.network.service import ReplicationCollector
 
     metrics.registry.register(ReplicationCollector(app.state.session_factory))
+    backlog = None
+    if settings.event_transport == "nats":
+        from kiban.network.distributed import BacklogCollector
+
+        backlog = BacklogCollector(app.state.session_factory)
+        metrics.registry.register(backlog)
+    app.state.network_backlog = backlog
     app.state.templates = Jinja2Templates(env=environment)
     app.state.nav = []
     app.state.login_limiter = auth.TokenBucketLimiter(options.login_burst, options.login_refill_per_second)

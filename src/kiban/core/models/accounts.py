@@ -13,7 +13,16 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from kiban.core.database import Base, UTCDateTime, utcnow
 
-ROLES: tuple[str, ...] = ("clerk", "national_operator", "agency", "verifier", "call_centre")
+ROLES: tuple[str, ...] = (
+    "clerk",
+    "national_operator",
+    "agency",
+    "verifier",
+    "call_centre",
+    # System accounts of the national role: the CA's 異動等情報 feed and the 住民票コード for 符号.
+    "ca_system",
+    "linkage_system",
+)
 
 
 class User(Base):
@@ -22,7 +31,9 @@ class User(Base):
     __tablename__ = "users"
     __table_args__ = (
         CheckConstraint(
-            "role IN ('clerk', 'national_operator', 'agency', 'verifier', 'call_centre')", name="role"
+            "role IN ('clerk', 'national_operator', 'agency', 'verifier', 'call_centre', "
+            "'ca_system', 'linkage_system')",
+            name="role",
         ),
         # Clerks, and only clerks, are bound to a municipality.
         CheckConstraint(
