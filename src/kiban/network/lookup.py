@@ -142,11 +142,16 @@ def provide_many(session: Session, requests: Sequence[Request], *, on: date | No
         for r, ms in zip(requests, matched, strict=True)
     ]
     now = utcnow()
-    groups: dict[tuple[str, str], list[Any]] = {}
-    for r, o in zip(requests, outcomes, strict=True):
-        groups.setdefault((r.agency_code, r.use_code), []).append(o)
-    for (agency, use), group in groups.items():
-        service._log(session, group, agency, use, now=now)
+    # Logged in request order: one log call per run of requests with the same agency and use.
+    start = 0
+    for end in range(1, len(requests) + 1):
+        first = requests[start]
+        if end == len(requests) or (requests[end].agency_code, requests[end].use_code) != (
+            first.agency_code,
+            first.use_code,
+        ):
+            service._log(session, outcomes[start:end], first.agency_code, first.use_code, now=now)
+            start = end
     return [o.answer for o in outcomes]
 
 
