@@ -73,3 +73,16 @@ def test_a_wholly_bad_batch_changes_nothing(world: list[str], s: Session) -> Non
     s.commit()
     assert result.accepted == [] and len(result.refused) == 2
     assert snapshot(s) == before
+
+
+def test_bulk_card_ids_look_like_single_ones() -> None:
+    from kiban.cards.service import new_card_id, new_card_ids
+
+    alphabet = set("ABCDEFGHJKLMNPQRSTUVWXYZ23456789")
+    ids = new_card_ids(5000)
+    assert len(set(ids)) == 5000 and new_card_ids(0) == []
+    for card_id in ids[:500] + [new_card_id() for _ in range(500)]:
+        assert len(card_id) == 12 and set(card_id) <= alphabet, card_id
+    # every symbol turns up in every position (60 random bits, 5 per character)
+    for position in range(12):
+        assert {card_id[position] for card_id in ids} == alphabet

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ARRAY, ColumnElement, String, Table, any_, bindparam, insert, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from kiban.cards import states
 from kiban.cards.models import ApplicationForm, Card, Transition
@@ -32,7 +32,7 @@ from kiban.cards.service import (
     Actor,
     Application,
     aware_now,
-    new_card_id,
+    new_card_ids,
     today_jst,
 )
 from kiban.core import audit
@@ -104,20 +104,22 @@ def _chunk(
                 ApplicationForm.application_id,
                 ApplicationForm.resident_code,
                 ApplicationForm.municipality_code,
-            ).where(ApplicationForm.application_id.in_(ids))
+            ).where(_among(session, ApplicationForm.application_id, ids))
         )
     }
-    used = set(session.scalars(select(Card.application_id).where(Card.application_id.in_(ids))))
+    used = set(session.scalars(select(Card.application_id).where(_among(session, Card.application_id, ids))))
     codes = list({f.resident_code for f in forms.values()})
     # The register's own bulk reader (a capability never reads another's tables).
     standing = register.statuses(session, codes)
     pending = set(
         session.scalars(
             select(Card.resident_code).where(
-                Card.resident_code.in_(codes), Card.state.in_(states.BEFORE_ISSUE - {states.DEFECTIVE})
+                _among(session, Card.resident_code, codes),
+                Card.state.in_(states.BEFORE_ISSUE - {states.DEFECTIVE}),
             )
         )
     )
+    fresh_ids = new_card_ids(len(candidates))
     cards: list[dict[str, Any]] = []
     transitions: list[dict[str, Any]] = []
     entries: list[dict[str, Any]] = []
@@ -148,7 +150,7 @@ def _chunk(
             continue
         seen_forms.add(app.application_id)
         pending.add(form.resident_code)
-        card_id = new_card_id()
+        card_id = fresh_ids.pop()
         cards.append(
             {
                 "card_id": card_id,
@@ -196,8 +198,32 @@ def _chunk(
         result.accepted.append(card_id)
     if not cards:
         return
-    # Core statements on the session's connection: same transaction, no ORM objects to build.
-    connection = session.connection()
-    connection.execute(insert(cast(Table, Card.__table__)), cards)
-    connection.execute(insert(cast(Table, Transition.__table__)), transitions)
+    _write(session, cast(Table, Card.__table__), cards)
+    _write(session, cast(Table, Transition.__table__), transitions)
     audit.record_batch(session, entries)
+
+
+def _among(session: Session, column: InstrumentedAttribute[str], values: list[str]) -> ColumnElement[bool]:
+    """``column`` in ``values``: on PostgreSQL ``= ANY(array)``, one parameter (an ``IN`` list of
+    5,000 placeholders cost more to render and parse than the look-up itself); elsewhere ``IN``."""
+    if session.get_bind().dialect.name == "postgresql":
+        return column == any_(bindparam(None, values, type_=ARRAY(String)))
+    return column.in_(values)
+
+
+def _write(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
+    """The chunk's new rows in the session's transaction: COPY on PostgreSQL (one stream instead of
+    an INSERT per row), Core executemany elsewhere; no ORM objects either way."""
+    connection = session.connection()
+    if connection.dialect.name != "postgresql":
+        connection.execute(insert(table), rows)
+        return
+    driver = connection.connection.driver_connection
+    assert driver is not None
+    columns = list(rows[0])
+    with (
+        driver.cursor() as cursor,
+        cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy,
+    ):
+        for row in rows:
+            copy.write_row([row[c] for c in columns])

@@ -148,6 +148,22 @@ def new_card_id() -> str:
     return base64.b32encode(secrets.token_bytes(10)).decode("ascii")[:12].translate(_NO_I_O)
 
 
+_CARD_ID_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567".translate(_NO_I_O)
+
+
+def new_card_ids(n: int) -> list[str]:
+    """``n`` card ids as :func:`new_card_id` makes them (60 random bits, the same alphabet), from
+    one read of the random source: the bulk intake's (b32encode per id was a tenth of its time)."""
+    raw = secrets.token_bytes(8 * n)
+    alphabet = _CARD_ID_ALPHABET
+    shifts = range(55, -1, -5)
+    out = []
+    for i in range(n):
+        value = int.from_bytes(raw[8 * i : 8 * i + 8], "big") >> 4
+        out.append("".join([alphabet[(value >> s) & 31] for s in shifts]))
+    return out
+
+
 def new_application_id() -> str:
     """申請書ID: 23 digits, random (not guessable from a neighbour's form)."""
     return f"{secrets.randbelow(10**23):023d}"
