@@ -29,6 +29,7 @@ from fastapi.testclient import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pypdf import PdfReader
+from reportlab.pdfgen.canvas import Canvas
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 from typer.testing import CliRunner
@@ -209,7 +210,7 @@ def test_signed_copy_verifies_with_pyhanko_and_kiban(world: World) -> None:
     assert len(drawn) == 1 and payload.startswith("KQ1:")
     assert drawn[0][0] == pdfsign._qr_block(payload, *drawn[0][1])
     assert drawn[0][0] != pdfsign._qr_block(world.issued.issuance.qr_payload, *drawn[0][1])
-    assert len(payload) < 300  # alphanumeric mode: a version-10 QR code at most
+    assert len(payload) < 262  # alphanumeric mode: a version-9 QR code at level M
 
     with world.factory() as s:
         assert pdfsign.verify_qr(payload, session=s).ok
@@ -249,6 +250,20 @@ def test_signing_refuses_unknown_serial_and_other_municipality(world: World) -> 
         with pytest.raises(pdfsign.PdfSignError) as caught:
             pdfsign.sign_pdf(s, world.keystore, b"hello", municipality_code=CODE, serial=world.issued.serial)
         assert (caught.value.field, caught.value.rule) == ("pdf", "pdf")
+        # A PDF without the layout's QR code: signed by sign_pdf, refused by qr_then_sign.
+        bare = io.BytesIO()
+        canvas = Canvas(bare)
+        canvas.drawString(100, 700, "no QR here")
+        canvas.save()
+        no_qr = dataclasses.replace(world.issued, pdf=bare.getvalue())
+        with pytest.raises(pdfsign.PdfSignError) as caught:
+            pdfsign.qr_then_sign(s, world.keystore, no_qr)
+        assert (caught.value.field, caught.value.rule) == ("pdf", "qr_placeholder")
+        signed = pdfsign.sign_pdf(
+            s, world.keystore, bare.getvalue(), municipality_code=CODE, serial=world.issued.serial
+        )
+        s.commit()
+    assert codes(world.verify(signed)) == {"qr_not_drawn"}
 
 
 # --------------------------------------------------------------------------- modified PDFs
@@ -603,3 +618,39 @@ def test_pkcs11_signing_keeps_the_key_in_the_token(
             == 1
         )
     assert isinstance(world.identity().certificate.public_key(), ec.EllipticCurvePublicKey)
+
+
+# --------------------------------------------------------------------------- independent tools
+
+
+def test_poppler_pdfsig_agrees(world: World, tmp_path: Path) -> None:
+    """Poppler's pdfsig (NSS, another implementation) finds the signature valid, and not when modified."""
+    if shutil.which("pdfsig") is None:
+        pytest.skip("pdfsig (Debian poppler-utils) is not installed")
+    good = tmp_path / "good.pdf"
+    good.write_bytes(world.pdf)
+    report = subprocess.run(["pdfsig", str(good)], capture_output=True, text=True, timeout=60).stdout
+    assert "Signature is Valid." in report and "Total document signed" in report
+    assert "OU=212016" in report
+    flipped = bytearray(world.pdf)
+    flipped[flipped.index(b"stream", flipped.index(b"/FlateDecode")) + 20] ^= 1
+    bad = tmp_path / "bad.pdf"
+    bad.write_bytes(bytes(flipped))
+    report = subprocess.run(["pdfsig", str(bad)], capture_output=True, text=True, timeout=60).stdout
+    assert "Signature is Valid." not in report
+
+
+def test_printed_qr_scans_to_the_signed_payload(world: World, tmp_path: Path) -> None:
+    """The page as printed (pdftoppm) carries the signed payload in its QR code (zbarimg)."""
+    if shutil.which("pdftoppm") is None or shutil.which("zbarimg") is None:
+        pytest.skip("pdftoppm (poppler-utils) or zbarimg (zbar-tools) is not installed")
+    path = tmp_path / "doc.pdf"
+    path.write_bytes(world.pdf)
+    render = ["pdftoppm", "-r", "150", "-png", str(path), str(tmp_path / "page")]
+    subprocess.run(render, check=True, timeout=60)
+    (image,) = sorted(tmp_path.glob("page*.png"))
+    scan = subprocess.run(["zbarimg", "-q", "--raw", str(image)], capture_output=True, text=True, timeout=60)
+    payload = scan.stdout.strip()
+    assert payload == genuine_payload(world.pdf)
+    with world.factory() as s:
+        assert pdfsign.verify_qr(payload, session=s).ok

@@ -498,6 +498,7 @@ def sign_pdf(
     municipality_code: str,
     serial: str,
     now: datetime | None = None,
+    require_qr: bool = False,
 ) -> bytes:
     """PAdES B-B certification signature (no changes allowed) by the municipality's key.
 
@@ -506,6 +507,7 @@ def sign_pdf(
     draws a QR code with :func:`kiban.core.documents.draw_qr` (every register layout does) it is
     replaced by the signed one before signing, and the payload and the ledger facts are written
     to the PDF's Info dictionary, which the signature covers. Returns the signed PDF.
+    ``require_qr``: refuse (rule ``qr_placeholder``) a PDF without such a QR code to replace.
     """
     code = _check_code(municipality_code)
     if not isinstance(pdf_bytes, bytes | bytearray) or not bytes(pdf_bytes).startswith(b"%PDF-"):
@@ -532,7 +534,9 @@ def sign_pdf(
         INFO_HASH: row.content_hash,
         INFO_QR: payload,
     }
-    prepared, _drawn = _prepare(bytes(pdf_bytes), info, payload)
+    prepared, drawn = _prepare(bytes(pdf_bytes), info, payload)
+    if require_qr and not drawn:
+        raise PdfSignError("pdf", "qr_placeholder", "the PDF draws no QR code (draw_qr) to replace")
     return _pades(keystore, identity, prepared)
 
 
@@ -569,6 +573,7 @@ def qr_then_sign(session: Session, keystore: Any, issued: Any, *, now: datetime 
         municipality_code=issued.issuance.municipality_code,
         serial=issued.issuance.serial,
         now=now,
+        require_qr=True,
     )
     return pdf
 
