@@ -159,7 +159,7 @@ async def _http_client(
             i += stride
             body = b'{"use_code":"%s","query":{"individual_number":"%s"}}' % (USE.encode(), number.encode())
             started = time.perf_counter()
-            writer.write(head % len(body) + body)
+            writer.write(head % len(body) + body if b"%d" in head else head)
             status = await reader.readline()
             length = 0
             while True:
@@ -171,7 +171,7 @@ async def _http_client(
             payload = await reader.readexactly(length)
             side.latencies.append(time.perf_counter() - started)
             key = status.split(b" ", 2)[1].decode()
-            if key == "200":
+            if key == "200" and b"%d" in head:
                 key = json.loads(payload)["outcome"]
             side.outcomes[key] = side.outcomes.get(key, 0) + 1
     finally:
@@ -202,9 +202,10 @@ async def _round(
     stop = time.perf_counter() + seconds
     target = side if record else _Side()
     started = time.perf_counter()
-    if kind == "api":
+    if kind in ("api", "healthz"):
+        head = ctx["head"] if kind == "api" else ctx["healthz"]
         jobs = [
-            _http_client(ctx["host"], ctx["port"], ctx["head"], ctx["numbers"], c, clients, stop, target)
+            _http_client(ctx["host"], ctx["port"], head, ctx["numbers"], c, clients, stop, target)
             for c in range(clients)
         ]
     else:
@@ -220,10 +221,12 @@ def run(
     seconds: float = 10.0,
     keep: int = 0,
     sample: int = 20_000,
+    partitioned: int = 0,
     **_: Any,
 ) -> list[dict[str, Any]]:
     n, clients, workers, seconds, sample = int(n), int(clients), int(workers), float(seconds), int(sample)
-    with network_scale.national_copy(n, keep=bool(int(keep))) as scale, tempfile.TemporaryDirectory() as tmp:
+    copy = network_scale.national_copy(n, keep=bool(int(keep)), partitioned=bool(int(partitioned)))
+    with copy as scale, tempfile.TemporaryDirectory() as tmp:
         _create_agency_user(scale.url)
         numbers = scale.sample("individual_number", sample)
         with kiban_serve(scale.url, workers, Path(tmp)) as base:
@@ -234,17 +237,21 @@ def run(
                 f"X-CSRF-Token: {csrf}\r\n"
                 "Content-Type: application/json\r\nAccept: application/json\r\nContent-Length: %d\r\n\r\n"
             ).encode()
-            ctx = {"host": host, "port": int(port), "head": head, "numbers": numbers, "dsn": scale.dsn}
-            sides = {"api": _Side(), "raw": _Side()}
+            healthz = f"GET /healthz HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+            ctx = {"host": host, "port": int(port), "head": head, "healthz": healthz, "numbers": numbers}
+            ctx["dsn"] = scale.dsn
+            sides = {"api": _Side(), "raw": _Side(), "healthz": _Side()}
 
             async def main() -> None:
                 for kind in ("api", "raw"):  # warm-up: imports, caches, prepared statements
                     await _round(kind, ctx, clients, min(3.0, seconds), sides[kind], record=False)
                 for kind in ("api", "raw", "raw", "api"):
                     await _round(kind, ctx, clients, seconds / 2, sides[kind], record=True)
+                # The server's HTTP ceiling: the same client on GET /healthz (no database, no auth).
+                await _round("healthz", ctx, clients, max(1.0, seconds / 4), sides["healthz"], record=True)
 
             asyncio.run(main())
-    api, raw = sides["api"], sides["raw"]
+    api, raw, ceiling = sides["api"], sides["raw"], sides["healthz"]
     api_rate = len(api.latencies) / api.seconds
     raw_rate = len(raw.latencies) / raw.seconds
     ratio = api_rate / raw_rate
@@ -262,11 +269,13 @@ def run(
             "p99_ms": round(percentile(api.latencies, 0.99) * 1000, 2),
             "baseline_p50_ms": round(percentile(raw.latencies, 0.50) * 1000, 2),
             "baseline_p99_ms": round(percentile(raw.latencies, 0.99) * 1000, 2),
+            "healthz_rps": round(len(ceiling.latencies) / ceiling.seconds, 1),
             "outcomes": api.outcomes,
             "baseline_outcomes": raw.outcomes,
             "n": n,
             "clients": clients,
             "workers": workers,
+            "partitioned": bool(int(partitioned)),
             "requests": len(api.latencies),
             "baseline_requests": len(raw.latencies),
             "baseline_name": "raw psycopg SELECT of the same row, same clients and connections",
@@ -275,5 +284,6 @@ def run(
 
 
 if __name__ == "__main__":
-    for result in run(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000, keep=1):
+    size = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000
+    for result in run(size, keep=1, seconds=20, partitioned=int("partitioned" in sys.argv[2:])):
         print(json.dumps(result, ensure_ascii=False))

@@ -85,7 +85,7 @@ def _largest_municipalities(dsn: str, count: int) -> list[str]:
 
 
 def _payload(person: dict[str, Any], i: int, rng: random.Random) -> dict[str, Any]:
-    day = date(2026, 11, 25) - timedelta(days=rng.randrange(0, 30))
+    day = max(date(2026, 11, 25) - timedelta(days=rng.randrange(0, 30)), person["birth_date"])
     family, family_kana = person["family_name"], person["family_name_kana"]
     address = person["address"]
     if i % 2 == 0:

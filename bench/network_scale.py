@@ -198,8 +198,59 @@ def _progress() -> Any:
     )
 
 
-def load(url: str, schema: str, n: int, *, seed: int = 1, progress: bool = True) -> float:
-    """Migrate ``schema`` and COPY ``n`` current rows into its national copy; seconds taken."""
+# The unique keys of the table, widened by the partition key (PostgreSQL requires it on a
+# partitioned table): what docs/network.md's partitioning paragraph describes.
+_PARTITION_KEYS = {
+    "pk_network_national_identity": "PRIMARY KEY (id, prefecture_code)",
+}
+_PARTITION_INDEXES = {
+    "ix_network_national_identity_code_version": "(resident_code, version_no, prefecture_code)",
+    "ix_network_national_identity_event_id": "(event_id, prefecture_code)",
+    "ix_network_national_identity_current_code": "(resident_code, prefecture_code) WHERE is_current",
+}
+
+
+def _partition(conn: Any, schema: str) -> list[tuple[str, str]]:
+    """Replace the (empty) national copy by one LIST-partitioned by prefecture (47 partitions).
+
+    Returns the index definitions to create after the load (unique ones widened by the key).
+    """
+    from kiban.core import master
+
+    conn.execute(f"ALTER TABLE {TABLE} RENAME TO {TABLE}_flat")
+    conn.execute(
+        f"CREATE TABLE {TABLE} (LIKE {TABLE}_flat INCLUDING DEFAULTS) PARTITION BY LIST (prefecture_code)"
+    )
+    for prefecture in master.prefectures():
+        code = prefecture.code
+        conn.execute(f"CREATE TABLE {TABLE}_p{code} PARTITION OF {TABLE} FOR VALUES IN ('{code}')")
+    definitions = conn.execute(
+        "SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = %s",
+        (schema, f"{TABLE}_flat"),
+    ).fetchall()
+    conn.execute(f"ALTER SEQUENCE {TABLE}_id_seq OWNED BY {TABLE}.id")
+    conn.execute(f"DROP TABLE {TABLE}_flat")
+    wanted: list[tuple[str, str]] = []
+    for name, definition in definitions:
+        if name in _PARTITION_KEYS:
+            wanted.append((name, f"ALTER TABLE {TABLE} ADD {_PARTITION_KEYS[name]}"))
+            continue
+        definition = definition.replace(f"{TABLE}_flat", TABLE)
+        if name in _PARTITION_INDEXES:
+            head = definition.split(" USING btree ")[0]
+            definition = f"{head} USING btree {_PARTITION_INDEXES[name]}"
+        wanted.append((name, definition))
+    return wanted
+
+
+def load(
+    url: str, schema: str, n: int, *, seed: int = 1, progress: bool = True, partitioned: bool = False
+) -> float:
+    """Migrate ``schema`` and COPY ``n`` current rows into its national copy; seconds taken.
+
+    ``partitioned``: the table is first replaced by a LIST-partitioned one (bench schemas only;
+    the migrations are unchanged), to measure docs/network.md's partitioning decision.
+    """
     from kiban.core.database import make_engine, session_factory, upgrade
     from kiban.network import service as network
 
@@ -214,13 +265,16 @@ def load(url: str, schema: str, n: int, *, seed: int = 1, progress: bool = True)
     bar = _progress() if progress else None
     with psycopg.connect(psycopg_dsn(scoped), autocommit=True) as conn:
         conn.execute("SET maintenance_work_mem = '1GB'")
-        indexes = conn.execute(
-            "SELECT indexname, indexdef FROM pg_indexes i WHERE schemaname = %s AND tablename = %s "
-            "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",
-            (schema, TABLE),
-        ).fetchall()
-        for name, _ in indexes:
-            conn.execute(f'DROP INDEX "{schema}"."{name}"')
+        if partitioned:
+            indexes = _partition(conn, schema)
+        else:
+            indexes = conn.execute(
+                "SELECT indexname, indexdef FROM pg_indexes i WHERE schemaname = %s AND tablename = %s "
+                "AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname)",
+                (schema, TABLE),
+            ).fetchall()
+            for name, _ in indexes:
+                conn.execute(f'DROP INDEX "{schema}"."{name}"')
         if bar is not None:
             bar.start()
             task = bar.add_task(f"COPY {TABLE}", total=n)
@@ -241,20 +295,24 @@ def load(url: str, schema: str, n: int, *, seed: int = 1, progress: bool = True)
         if bar is not None:
             bar.advance(index_task)
             bar.stop()
-        conn.execute(f"COMMENT ON SCHEMA \"{schema}\" IS '{COMPLETE} n={n} seed={seed}'")
+        conn.execute(f"COMMENT ON SCHEMA \"{schema}\" IS '{_marker(n, seed, partitioned)}'")
     return time.perf_counter() - started
 
 
-def kept_schema(n: int, seed: int) -> str:
-    return f"bench_net_{n}_{seed}"
+def _marker(n: int, seed: int, partitioned: bool) -> str:
+    return f"{COMPLETE} n={n} seed={seed}" + (" partitioned" if partitioned else "")
 
 
-def _is_complete(url: str, schema: str, n: int, seed: int) -> bool:
+def kept_schema(n: int, seed: int, partitioned: bool = False) -> str:
+    return f"bench_net_{n}_{seed}" + ("_part" if partitioned else "")
+
+
+def _is_complete(url: str, schema: str, n: int, seed: int, partitioned: bool) -> bool:
     with psycopg.connect(psycopg_dsn(url)) as conn:
         row = conn.execute(
             "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = %s", (schema,)
         ).fetchone()
-    return row is not None and row[0] == f"{COMPLETE} n={n} seed={seed}"
+    return row is not None and row[0] == _marker(n, seed, partitioned)
 
 
 def drop(url: str | None, schema: str) -> None:
@@ -264,13 +322,19 @@ def drop(url: str | None, schema: str) -> None:
 
 @contextmanager
 def national_copy(
-    n: int, *, seed: int = 1, url: str | None = None, keep: bool = False, progress: bool = True
+    n: int,
+    *,
+    seed: int = 1,
+    url: str | None = None,
+    keep: bool = False,
+    progress: bool = True,
+    partitioned: bool = False,
 ) -> Iterator[Scale]:
     """A scratch schema with ``n`` residents in the national copy (see the module docstring)."""
     base = database_url(url)
     if keep:
-        schema = kept_schema(n, seed)
-        if _is_complete(base, schema, n, seed):
+        schema = kept_schema(n, seed, partitioned)
+        if _is_complete(base, schema, n, seed, partitioned):
             scoped = with_schema(base, schema)
             yield Scale(schema, scoped, psycopg_dsn(scoped), n, None)
             return
@@ -280,7 +344,7 @@ def national_copy(
     with psycopg.connect(psycopg_dsn(base), autocommit=True) as conn:
         conn.execute(f'CREATE SCHEMA "{schema}"')
     try:
-        seconds = load(base, schema, n, seed=seed, progress=progress)
+        seconds = load(base, schema, n, seed=seed, progress=progress, partitioned=partitioned)
         scoped = with_schema(base, schema)
         yield Scale(schema, scoped, psycopg_dsn(scoped), n, seconds)
     except BaseException:
@@ -291,15 +355,25 @@ def national_copy(
 
 
 def run(
-    n: int = 10_000_000, seed: int = 1, keep: int = 1, drop_schema: int = 0, **_: Any
+    n: int = 10_000_000,
+    seed: int = 1,
+    keep: int = 1,
+    drop_schema: int = 0,
+    partitioned: int = 0,
+    **_: Any,
 ) -> list[dict[str, Any]]:
     """Load (or find) the kept national copy, reporting the load rate; ``drop_schema=1`` removes it."""
-    n, seed = int(n), int(seed)
+    n, seed, parts = int(n), int(seed), bool(int(partitioned))
     if int(drop_schema):
-        drop(None, kept_schema(n, seed))
-        return [{"bench": "network_scale", "name": "dropped", "schema": kept_schema(n, seed)}]
-    with national_copy(n, seed=seed, keep=bool(int(keep))) as scale, psycopg.connect(scale.dsn) as conn:
-        size = conn.execute(f"SELECT pg_total_relation_size('{TABLE}')").fetchone()
+        drop(None, kept_schema(n, seed, parts))
+        return [{"bench": "network_scale", "name": "dropped", "schema": kept_schema(n, seed, parts)}]
+    copy = national_copy(n, seed=seed, keep=bool(int(keep)), partitioned=parts)
+    with copy as scale, psycopg.connect(scale.dsn) as conn:
+        size = conn.execute(
+            "SELECT sum(pg_total_relation_size(c.oid))::bigint FROM pg_class c "
+            "WHERE c.relkind = 'r' AND c.relname LIKE %s AND c.relnamespace = current_schema()::regnamespace",
+            (TABLE + "%",),
+        ).fetchone()
         count = conn.execute(f"SELECT count(*) FROM {TABLE} WHERE is_current").fetchone()
     return [
         {
@@ -313,6 +387,7 @@ def run(
             "reused": scale.load_seconds is None,
             "bytes": size[0] if size else None,
             "schema": scale.schema,
+            "partitioned": parts,
         }
     ]
 
@@ -321,5 +396,5 @@ if __name__ == "__main__":
     import json
 
     size = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000_000
-    for line in run(size, keep=int("keep" in sys.argv[2:])):
+    for line in run(size, keep=int("keep" in sys.argv[2:]), partitioned=int("partitioned" in sys.argv[2:])):
         print(json.dumps(line, ensure_ascii=False))

@@ -85,7 +85,7 @@ def test_lookup_bench_reports_api_and_raw_throughput_and_p99() -> None:
     (line,) = _bench("network_lookup").run(n=2000, seconds=1, clients=2, workers=1, sample=500)
     _common(line, "network_lookup")
     assert line["goal"] == 0.40
-    assert line["requests"] > 0 and line["baseline_requests"] > 0
+    assert line["requests"] > 0 and line["baseline_requests"] > 0 and line["healthz_rps"] > 0
     assert set(line["outcomes"]) == {"provided"}  # every sampled 個人番号 found, none refused
     assert set(line["baseline_outcomes"]) == {"provided"}
     assert 0 < line["p50_ms"] <= line["p99_ms"]

@@ -316,9 +316,10 @@ class Disclosure:
 
 
 def current_identity(session: Session, resident_code: str) -> NationalIdentity | None:
+    # The plain boolean, not `IS true`: PostgreSQL matches only it to the partial indexes' WHERE is_current.
     return session.scalars(
         select(NationalIdentity).where(
-            NationalIdentity.resident_code == resident_code, NationalIdentity.is_current.is_(True)
+            NationalIdentity.resident_code == resident_code, NationalIdentity.is_current
         )
     ).one_or_none()
 
