@@ -338,3 +338,41 @@ def test_report_tells_the_certificates(demo_dir: Path) -> None:
     assert "## Certificates: key ceremony and issuance" in report
     assert "each checked complete: all complete" in report
     assert "2 revoked at the holder's request (keyCompromise)" in report
+
+
+def test_the_network_chapter_writes_its_documents_export_and_api_provisions(
+    demo_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import csv
+    import re
+
+    from pypdf import PdfReader
+
+    from kiban.network.models import Provision
+
+    report = (demo_dir / "report.md").read_text()
+    letter = demo_dir / "documents" / "network" / "kojin-bango-tsuchisho.pdf"
+    copy = demo_dir / "documents" / "network" / "koiki-kofu-juminhyo.pdf"
+    assert "個人番号" in "".join(page.extract_text() for page in PdfReader(letter).pages)
+    assert "住民票" in "".join(page.extract_text() for page in PdfReader(copy).pages)
+    assert "`documents/network/kojin-bango-tsuchisho.pdf`" in report and "広域交付" in report
+    # The monthly 転入 CSV: counts only, and the total the report tells.
+    [extract] = (demo_dir / "exports").glob("move-ins-*.csv")
+    rows = list(csv.DictReader(extract.read_text(encoding="utf-8").splitlines()))
+    assert rows and set(rows[0]) >= {"destination_municipality_code", "sex", "age_group", "count"}
+    told = re.search(r"`exports/(move-ins-[0-9-]+\.csv)`, ([0-9]+) 転入", report)
+    assert told is not None and told.group(1) == extract.name
+    assert sum(int(r["count"]) for r in rows) == int(told.group(2)) > 0
+    # Provisions through the HTTP API, logged like any other.
+    assert "HTTP API (`POST /api/provision`, logged in as `pension`): 5 provided of 5" in report
+    assert "answered **403** (rule `use_not_allowed`)" in report
+    monkeypatch.delenv("KIBAN_DATABASE_URL", raising=False)
+    engine = make_engine(load_settings(demo_dir).database_url)
+    with session_factory(engine)() as s:
+        refused = s.scalar(
+            select(func.count()).where(
+                Provision.agency_code == "nenkin", Provision.use_code == "passport_issue"
+            )
+        )
+    engine.dispose()
+    assert refused == 1
