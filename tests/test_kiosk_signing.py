@@ -323,6 +323,45 @@ def test_not_a_pdf_and_unsigned_pdf(world: World) -> None:
     assert not noise.ok and codes(noise) <= {"not_a_pdf", "no_signature"}
 
 
+@pytest.fixture(scope="module")
+def signed_sample(
+    tmp_path_factory: pytest.TempPathFactory, migrated_template: str
+) -> tuple[bytes, list[Any]]:
+    """One signed document for property tests (hypothesis cannot take function-scoped fixtures)."""
+    from kiban.core.database import make_engine, session_factory
+
+    directory = tmp_path_factory.mktemp("sample")
+    if migrated_template.startswith("sqlite"):
+        from sqlalchemy.engine import make_url
+
+        target = directory / "kiban.sqlite"
+        shutil.copyfile(make_url(migrated_template).database or "", target)
+        url = f"sqlite:///{target}"
+    else:
+        pytest.skip("property test runs on SQLite")
+    engine = make_engine(url)
+    world = make_world(session_factory(engine), FileKeyStore(directory / "keys"), directory)
+    engine.dispose()
+    return world.pdf, world.roots
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_any_flipped_byte_in_the_signed_range_fails(
+    signed_sample: tuple[bytes, list[Any]], data: Any
+) -> None:
+    pdf, roots = signed_sample
+    byte_range = re.search(rb"/ByteRange \[(\d+) (\d+) (\d+) (\d+)\]", pdf)
+    assert byte_range is not None
+    hole = range(int(byte_range[2]), int(byte_range[3]))  # the signature value itself
+    offset = data.draw(st.integers(0, len(pdf) - 1).filter(lambda i: i not in hole))
+    mask = data.draw(st.integers(1, 255))
+    mutated = bytearray(pdf)
+    mutated[offset] ^= mask
+    result = pdfsign.verify_pdf(bytes(mutated), trust_roots=roots)
+    assert not result.ok and result.problems
+
+
 def test_pdf_signed_by_another_ca_is_untrusted(world: World, tmp_path: Path) -> None:
     store, forger = other_identity(tmp_path)
     payload = genuine_payload(world.pdf)
