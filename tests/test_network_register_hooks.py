@@ -31,7 +31,16 @@ from kiban.register import service
 from kiban.register.loader import load_population
 from kiban.register.models import Resident
 from kiban.register.population import generate_population
-from kiban.register.schemas import Actor, Birth, Death, PersonData, Target
+from kiban.register.schemas import (
+    Actor,
+    Address,
+    Birth,
+    Death,
+    HouseholdChoice,
+    Immigration,
+    PersonData,
+    Target,
+)
 from test_network_distributed import national, national_template, national_url  # noqa: F401 - fixtures
 
 A = "131016"  # 千代田区
@@ -125,6 +134,35 @@ def test_in_distributed_mode_the_register_requests_the_number_and_the_national_n
         assert child.individual_number == number
 
 
+def test_a_new_person_from_abroad_only_requests_the_number_in_distributed_mode(
+    town: list[str], session_maker: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("KIBAN_EVENT_TRANSPORT", "nats")
+    monkeypatch.setenv("KIBAN_DATA_DIR", str(tmp_path / "municipal"))
+    person = PersonData(
+        family_name="SMITH", given_name="JOHN", family_name_kana="スミス", given_name_kana="ジョン", sex=1
+    )
+    command = Immigration(
+        notified_on=TODAY - timedelta(days=1),
+        effective_on=TODAY - timedelta(days=2),
+        person=person,
+        birth_date=date(1990, 5, 1),
+        previous_address="アメリカ合衆国",
+        address=Address(town="丸の内", banchi="一丁目1番1号"),
+        household=HouseholdChoice(),
+    )
+    with session_maker.begin() as s:
+        result = service.immigration(
+            s, CLERK, command, today=TODAY, generator=ResidentCodeGenerator(random.Random(9))
+        )
+    code = result.records[0].resident_code
+    with session_maker() as s:
+        rows = s.scalars(select(OutboxEvent).where(OutboxEvent.key == code)).all()
+        assert [r.type for r in rows] == ["register.identity_changed"]
+        assert rows[0].payload["individual_number"] is None
+        assert s.scalar(select(func.count()).where(IndividualNumber.resident_code == code)) == 0
+
+
 def test_in_embedded_mode_the_register_assigns_the_number_itself(
     town: list[str], session_maker: sessionmaker[Session], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -156,9 +194,7 @@ def s(session_maker: sessionmaker[Session]) -> Iterator[Session]:
 def test_statuses_reads_many_people_at_once(
     town: list[str], session_maker: sessionmaker[Session], s: Session
 ) -> None:
-    sizes = dict(
-        s.execute(select(Resident.household_id, func.count()).group_by(Resident.household_id)).all()
-    )
+    sizes = dict(s.execute(select(Resident.household_id, func.count()).group_by(Resident.household_id)).all())
     dead = next(r.resident_code for r in s.scalars(select(Resident)) if sizes[r.household_id] == 1)
     with session_maker.begin() as w:
         death = Death(
