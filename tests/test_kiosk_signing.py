@@ -40,6 +40,7 @@ from kiban.core.config import Settings
 from kiban.core.database import utcnow
 from kiban.core.documents import KeyDirectorySigners
 from kiban.core.models.documents import IssuedDocument
+from kiban.core.wareki import to_wareki
 from kiban.jpki import service
 from kiban.jpki.keys import DEFAULT_SOFTHSM_LIBRARY, FileKeyStore
 from kiban.jpki.models import Certificate
@@ -583,6 +584,7 @@ def test_page_qr(world: World, client: TestClient) -> None:
     }
     page = client.get("/verify/qr", params={"data": payload}, headers=HTML)
     assert "有効です" in page.text and "二次元コード" in page.text
+    assert to_wareki(pdfsign.parse_qr(payload)[0].issued_on) in page.text  # 和暦 on the page
     assert client.get("/verify/qr", params={"data": "x" * 1001}, headers=JSON).status_code == 422
     assert client.get("/verify/qr", headers=JSON).status_code == 422
 

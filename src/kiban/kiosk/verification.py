@@ -21,6 +21,7 @@ from fastapi import APIRouter, FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from kiban.core import pdfsign
+from kiban.core.wareki import to_wareki
 from kiban.web import auth
 from kiban.web.problems import Problem, wants_html
 
@@ -86,6 +87,7 @@ def _answer(request: Request, result: pdfsign.VerificationResult, source: str) -
                 "result": result,
                 "source": source,
                 "type_name": TYPE_NAMES.get(result.document_type or "", result.document_type),
+                "issued_wareki": to_wareki(result.issued_on) if result.issued_on else None,
             },
         )
     return JSONResponse(result.as_dict())
