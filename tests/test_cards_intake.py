@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import date
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from cards_support import CLERK, A, adults, registry, s, snapshot, world  # noqa: I001 - tests/ is on the path
+from cards_support import CLERK, OPERATOR, A, adults, registry, s, snapshot, world  # noqa: I001 - tests/ is on the path
 from kiban.cards import service, states
 from kiban.cards.intake import LineError, apply_many
 from kiban.cards.models import Card
@@ -86,3 +86,29 @@ def test_bulk_card_ids_look_like_single_ones() -> None:
     # every symbol turns up in every position (60 random bits, 5 per character)
     for position in range(12):
         assert {card_id[position] for card_id in ids} == alphabet
+
+
+def test_bulk_intake_writes_in_the_callers_transaction(
+    world: list[str], session_maker: sessionmaker[Session]
+) -> None:
+    """Rolled back → nothing stays; committed → the rows read back as the single path writes them."""
+    from kiban.cards.models import Transition
+
+    with session_maker() as s:
+        people = [r.resident_code for r in adults(s)[:3]]
+        forms = service.issue_forms(s, CLERK, people, A)
+        s.commit()
+        apps = [Application(forms[code], channel="online") for code in people]
+        assert len(apply_many(s, CLERK, apps).accepted) == 3
+        s.rollback()
+        assert s.scalar(select(func.count()).select_from(Card)) == 0
+        assert s.scalar(select(func.count()).select_from(Transition)) == 0
+        ids = apply_many(s, CLERK, apps).accepted
+        s.commit()
+        s.expire_all()
+        for card_id in ids:
+            card = service.get_card(s, card_id)
+            assert card.state == "applied" and card.applied_on == service.today_jst()
+            assert card.created_at.tzinfo is not None and card.express is False and card.renewal_of is None
+        # a card taken in bulk goes on like any other
+        assert service.check(s, OPERATOR, ids[0]).state == "checked"

@@ -14,13 +14,15 @@ another capability's table; a ``register.service`` bulk reader would replace it 
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import ARRAY, ColumnElement, String, Table, any_, bindparam, insert, select
+from sqlalchemy import ARRAY, ColumnElement, String, Table, any_, bindparam, func, insert, select
+from sqlalchemy import column as column_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from kiban.cards import states
@@ -204,10 +206,17 @@ def _chunk(
 
 
 def _among(session: Session, column: InstrumentedAttribute[str], values: list[str]) -> ColumnElement[bool]:
-    """``column`` in ``values``: on PostgreSQL ``= ANY(array)``, one parameter (an ``IN`` list of
-    5,000 placeholders cost more to render and parse than the look-up itself); elsewhere ``IN``."""
-    if session.get_bind().dialect.name == "postgresql":
+    """``column`` in ``values`` with one parameter: ``= ANY(array)`` on PostgreSQL, ``IN (SELECT value
+    FROM json_each(…))`` on SQLite (an ``IN`` list of 5,000 placeholders cost more to render and
+    parse than the look-up itself)."""
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
         return column == any_(bindparam(None, values, type_=ARRAY(String)))
+    if dialect == "sqlite":
+        listed = select(column_("value", String)).select_from(
+            func.json_each(bindparam(None, json.dumps(values), type_=String))
+        )
+        return column.in_(listed.scalar_subquery())
     return column.in_(values)
 
 
@@ -215,12 +224,27 @@ def _write(session: Session, table: Table, rows: list[dict[str, Any]]) -> None:
     """The chunk's new rows in the session's transaction: COPY on PostgreSQL (one stream instead of
     an INSERT per row), Core executemany elsewhere; no ORM objects either way."""
     connection = session.connection()
-    if connection.dialect.name != "postgresql":
-        connection.execute(insert(table), rows)
-        return
+    dialect = connection.dialect
     driver = connection.connection.driver_connection
     assert driver is not None
     columns = list(rows[0])
+    if dialect.name == "sqlite":
+        # The driver's executemany with each column's own bind processor (what Core does per row,
+        # without building a parameter dict per row): same stored text for dates and times.
+        procs = [table.c[c].type.bind_processor(dialect) for c in columns]
+        values = [
+            tuple(
+                v if p is None or v is None else p(v)
+                for p, v in zip(procs, (row[c] for c in columns), strict=True)
+            )
+            for row in rows
+        ]
+        marks = ", ".join("?" * len(columns))
+        driver.executemany(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({marks})", values)
+        return
+    if dialect.name != "postgresql":
+        connection.execute(insert(table), rows)
+        return
     with (
         driver.cursor() as cursor,
         cursor.copy(f"COPY {table.name} ({', '.join(columns)}) FROM STDIN") as copy,
