@@ -267,6 +267,20 @@ def test_signing_refuses_unknown_serial_and_other_municipality(world: World) -> 
     assert codes(world.verify(signed)) == {"qr_not_drawn"}
 
 
+def test_signing_finisher_for_a_committed_document(world: World) -> None:
+    """The kiosk's finisher shape (pdf, municipality code): the serial is read off the page."""
+    with world.factory.begin() as s:
+        request = docs.ResidentCopyRequest(CODE, [entry("12345678903", "次郎")], "kiosk:test")
+        plain = docs.issue_resident_copy(s, request, signers=world.hmac)
+    finish = pdfsign.signing_finisher(world.factory, world.keystore)
+    signed = finish(plain.pdf, CODE)
+    result = world.verify(signed)
+    assert result.ok and result.serial == plain.serial, result.problems
+    with pytest.raises(pdfsign.PdfSignError) as caught:
+        finish(plain.pdf, "131016")
+    assert (caught.value.field, caught.value.rule) == ("municipality_code", "issuer")
+
+
 # --------------------------------------------------------------------------- modified PDFs
 
 

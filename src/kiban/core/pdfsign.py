@@ -578,6 +578,43 @@ def qr_then_sign(session: Session, keystore: Any, issued: Any, *, now: datetime 
     return pdf
 
 
+_PRINTED_SERIAL = re.compile(r"発行番号\s*(\d{6}-\d{4}-[0-9A-Z]{16})")
+
+
+def printed_serial(pdf: bytes, municipality_code: str) -> str:
+    """The serial a Kiban layout prints ("発行番号　212016-2026-…"); exactly one, of that municipality."""
+    from pypdf import PdfReader
+    from pypdf.errors import PdfReadError
+
+    try:
+        text = "\n".join(page.extract_text() for page in PdfReader(io.BytesIO(pdf)).pages)
+    except (PdfReadError, ValueError, KeyError, TypeError) as exc:
+        raise PdfSignError("pdf", "pdf", f"not a readable PDF: {exc}") from None
+    found = set(_PRINTED_SERIAL.findall(text))
+    if len(found) != 1:
+        raise PdfSignError("serial", "required", "the PDF prints no single 発行番号; pass the serial")
+    serial = found.pop()
+    if not serial.startswith(municipality_code):
+        raise PdfSignError("municipality_code", "issuer", "the printed serial is another municipality's")
+    return serial
+
+
+def signing_finisher(session_maker: Any, keystore: Any) -> Callable[..., bytes]:
+    """``finish(pdf, municipality_code, serial=None) -> signed pdf`` for a document whose ledger row
+    is committed: signs in a transaction of its own (the certificate may be issued on first use)
+    and, without ``serial``, takes the 発行番号 the layout printed. Refuses a PDF without the
+    layout's QR code (rule ``qr_placeholder``)."""
+
+    def finish(pdf: bytes, municipality_code: str, serial: str | None = None) -> bytes:
+        number = serial or printed_serial(pdf, municipality_code)
+        with session_maker.begin() as session:
+            return sign_pdf(
+                session, keystore, pdf, municipality_code=municipality_code, serial=number, require_qr=True
+            )
+
+    return finish
+
+
 def issue_signed(
     session: Session,
     keystore: Any,
