@@ -440,3 +440,89 @@ def test_the_refresh_loop_reads_each_direction(
     found = {(b.municipality_code, b.direction): b.pending for b in collector.snapshot}
     assert found == {(A, "down"): 1, (B, "down"): 1, (A, "ca"): 1}
     assert all(b.oldest_age is not None and b.oldest_age < timedelta(minutes=5) for b in collector.snapshot)
+
+
+# --- a birth in distributed mode, over the stream ----------------------------------------------------
+
+
+def test_a_birth_over_the_stream_gets_its_number_from_the_national_node(
+    town: list[str],
+    session_maker: sessionmaker[Session],
+    national: sessionmaker[Session],  # noqa: F811 - fixture
+    net: tuple[str, str],  # noqa: F811 - fixture
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from kiban.network.distributed import UP_TYPES, up_subject
+    from kiban.register import service
+    from kiban.register.schemas import Actor, Birth, PersonData
+
+    stream, prefix = net
+    monkeypatch.setenv("KIBAN_EVENT_TRANSPORT", "nats")
+    monkeypatch.setenv("KIBAN_DATA_DIR", str(tmp_path / "municipal"))  # no number key here
+    with session_maker() as s:
+        mother = s.scalars(select(Resident).where(Resident.sex == 2).order_by(Resident.resident_code)).first()
+        assert mother is not None
+    person = PersonData(
+        family_name="山田", given_name="花子", family_name_kana="ヤマダ", given_name_kana="ハナコ", sex=2
+    )
+    birth = Birth(
+        notified_on=date(2026, 11, 24),
+        effective_on=date(2026, 11, 22),
+        person=person,
+        household_of=mother.resident_code,
+    )
+    with session_maker.begin() as s:
+        result = service.birth(
+            s,
+            Actor(username="clerk-a", municipality_code=A),
+            birth,
+            today=date(2026, 11, 25),
+            generator=ResidentCodeGenerator(random.Random(44)),
+        )
+    code = result.records[0].resident_code
+
+    async def municipal_relay() -> int:
+        return await run_relay(
+            session_maker,
+            NATS_URL,
+            stream=stream,
+            subject_prefix=prefix,
+            types=UP_TYPES,
+            subject=up_subject(prefix),
+            once=True,
+        )
+
+    sent = 0
+    for _ in range(100):  # (another test's relay may hold PostgreSQL's relay lock for a moment)
+        sent += asyncio.run(municipal_relay())
+        if sent:
+            break
+        time.sleep(0.1)
+    assert _subjects(stream, prefix) == {f"up.{A}.register.identity_changed": 1}
+    assert _consume_up(national, stream, prefix) == 1
+    # The national node numbered the new person and sends the notice down (and the 異動等情報 to the CA).
+    assert _relay_national(national, stream, prefix, 2) >= 2
+    acked = asyncio.run(
+        run_consumer(
+            session_maker,
+            municipal_registry(),
+            NATS_URL,
+            stream,
+            municipal_durable(A),
+            subject_prefix=f"{prefix}.down.{A}",
+            idle_exit=0.5,
+        )
+    )
+    assert acked == 1
+    with session_maker() as s, national() as n:
+        child = s.scalars(select(Resident).where(Resident.resident_code == code)).one()
+        copy = n.scalars(
+            select(NationalIdentity).where(
+                NationalIdentity.resident_code == code, NationalIdentity.is_current
+            )
+        ).one()
+        assert child.individual_number is not None and child.individual_number == copy.individual_number
+        # The municipal node made no number: its only notice is the one that came down.
+        assert not s.scalars(select(OutboxEvent).where(OutboxEvent.type == "numbering.number_assigned")).all()
+    assert not (tmp_path / "municipal" / "keys" / "numbering.key").exists()
