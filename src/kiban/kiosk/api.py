@@ -13,6 +13,7 @@ import binascii
 import importlib.util
 import json
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -172,6 +173,19 @@ async def close_session(request: Request, session_id: str) -> Response:
 async def screen(request: Request) -> Response:
     """The touchscreen a convenience-store kiosk shows (its card reader is the page's ``kibanCard``)."""
     return render(request, "kiosk/screen.html", {"messages": service.MESSAGES})
+
+
+STATIC = Path(__file__).parent / "static"
+
+
+@pages.get("/screen.js")
+async def screen_js() -> Response:
+    return Response((STATIC / "screen.js").read_bytes(), media_type="text/javascript; charset=utf-8")
+
+
+@pages.get("/screen.css")
+async def screen_css() -> Response:
+    return Response((STATIC / "screen.css").read_bytes(), media_type="text/css; charset=utf-8")
 
 
 @pages.get("")
