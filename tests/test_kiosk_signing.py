@@ -396,6 +396,38 @@ def test_pdf_signed_by_another_ca_is_untrusted(world: World, tmp_path: Path) -> 
     assert "signer_certificate_unknown" in codes(result)
 
 
+def test_a_node_tls_key_cannot_pass_for_the_municipality(world: World) -> None:
+    """lgpki-org also certifies the nodes' TLS keys: such a certificate chains to the same root
+    but is not a 職責証明書, so its signature is refused (by the policy OID, and by pyHanko's
+    key-usage rule)."""
+    public = world.keystore.generate("node-tls", "p256")
+    with world.factory.begin() as s:
+        tls = service.issue_tls_certificate(
+            s,
+            world.keystore,
+            public_key=public,
+            node_name="node-1",
+            dns_names=["node-1"],
+            server=True,
+            now=utcnow(),
+        )
+        chain = pdfsign.signing_identity(s, world.keystore, CODE).chain
+    identity = pdfsign.SigningIdentity(CODE, "node-tls", tls.certificate, tls.serial, chain)
+    payload = genuine_payload(world.pdf)
+    row = world.issued.issuance
+    info = {
+        pdfsign.INFO_SERIAL: row.serial,
+        pdfsign.INFO_MUNICIPALITY: CODE,
+        pdfsign.INFO_TYPE: row.document_type,
+        pdfsign.INFO_HASH: row.content_hash,
+        pdfsign.INFO_QR: payload,
+    }
+    prepared, _ = pdfsign._prepare(world.issued.pdf, info, payload)
+    result = world.verify(pdfsign._pades(world.keystore, identity, prepared), online=False)
+    # pyHanko refuses it too (its key usage lacks nonRepudiation); ours names the profile.
+    assert {"signer_not_organisation", "signer_untrusted"} <= codes(result)
+
+
 # --------------------------------------------------------------------------- forged QR codes
 
 

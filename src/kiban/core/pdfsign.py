@@ -79,7 +79,10 @@ def _run(coro_factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     """Run pyHanko's coroutines from sync code, also when the caller is inside an event loop."""
     try:
         asyncio.get_running_loop()
+        running = True
     except RuntimeError:
+        running = False
+    if not running:  # outside the except block: no chained RuntimeError in pyHanko's logs
         return asyncio.run(coro_factory())
     box: dict[str, Any] = {}
 
@@ -180,9 +183,16 @@ def signing_identity(
     code = _check_code(municipality_code)
     when = now or utcnow()
     label = key_label(code)
-    public = (
-        keystore.public_key(label) if keystore.has_key(label) else keystore.generate(label, KEY_ALGORITHM)
-    )
+    from kiban.jpki.keys import KeyStoreError
+
+    try:
+        public = (
+            keystore.public_key(label) if keystore.has_key(label) else keystore.generate(label, KEY_ALGORITHM)
+        )
+    except KeyStoreError as exc:
+        if exc.rule != "no_overwrite":
+            raise
+        public = keystore.public_key(label)  # another process made it first: use that one
     rows = session.scalars(
         select(Certificate)
         .where(
@@ -737,6 +747,22 @@ def _pades_status(pdf: bytes, trust_roots: Sequence[x509.Certificate], result: V
     return x509.load_der_x509_certificate(status.signing_cert.dump())
 
 
+def is_organisation_certificate(certificate: x509.Certificate) -> bool:
+    """A 職責証明書 (organisation policy OID) naming a municipality: the only kind that signs documents.
+
+    The same CA issues the nodes' TLS certificates; a TLS key must never pass for a municipality's.
+    """
+    from kiban.jpki.profiles import POLICIES
+
+    try:
+        policies = certificate.extensions.get_extension_for_class(x509.CertificatePolicies).value
+    except x509.ExtensionNotFound:
+        return False
+    wanted = x509.ObjectIdentifier(POLICIES["organisation"])
+    code = _municipality_of(certificate)
+    return any(p.policy_identifier == wanted for p in policies) and bool(code and len(code) == 6)
+
+
 def _check_claims(
     result: VerificationResult,
     claims: QrClaims,
@@ -813,6 +839,8 @@ def verify_pdf(
         return result
     result.signer = _signer_name(certificate)
     result.municipality = _municipality_of(certificate)
+    if not is_organisation_certificate(certificate):
+        result.fail("signer_not_organisation", "署名者の証明書は市区町村の職責証明書ではありません。")
     try:
         info = _info(pdf)
     except Exception:  # a damaged PDF the signature check already named
