@@ -554,6 +554,18 @@ def test_cli_verify(world: World, db_url: str, tmp_path: Path, monkeypatch: pyte
     assert missing.exit_code == 1 and "rule: readable" in missing.output
 
 
+def test_cli_qr(world: World, db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KIBAN_DATABASE_URL", db_url)
+    runner = CliRunner()
+    payload = genuine_payload(world.pdf)
+    ok = runner.invoke(document_cli, ["qr", payload, "--data", str(tmp_path / "data")])
+    assert ok.exit_code == 0 and ok.output.startswith("valid\n") and world.issued.serial in ok.output
+    forged = runner.invoke(document_cli, ["qr", altered(payload, 12), "--data", str(tmp_path / "data")])
+    assert forged.exit_code == 1 and "failed: qr_signature_invalid" in forged.output
+    as_json = runner.invoke(document_cli, ["qr", "KQ1:nonsense", "--json", "--data", str(tmp_path / "data")])
+    assert as_json.exit_code == 1 and '"code": "qr_malformed"' in as_json.output
+
+
 # --------------------------------------------------------------------------- the public page
 
 

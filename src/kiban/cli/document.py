@@ -1,5 +1,7 @@
 """`kiban document`: check a signed document (PAdES signature, signed QR code, ledger).
 
+``kiban document qr PAYLOAD [--data DIR]`` checks a scanned QR code online the same way.
+
 ``kiban document verify FILE.pdf [--data DIR] [--offline] [--trust-root PEM] [--json]``: exit 0 and
 "valid" with signer, municipality and serial; exit 1 and one line per failed check otherwise.
 The trust anchor is ``--trust-root``, else ``DIR/pki/ca/lgpki-root.pem`` (written by the demo),
@@ -97,7 +99,42 @@ def verify(
             "checks: " + ("offline and online (ledger, certificate status)" if result.online else "offline")
         )
     else:
-        typer.echo("invalid")
-        for problem in result.problems:
-            typer.echo(f"failed: {problem.code}: {problem.message}")
+        _print_failure(result)
+    raise typer.Exit(0 if result.ok else 1)
+
+
+def _print_failure(result: object) -> None:
+    typer.echo("invalid")
+    for problem in getattr(result, "problems", ()):
+        typer.echo(f"failed: {problem.code}: {problem.message}")
+
+
+@app.command("qr")
+def qr(
+    payload: str = typer.Argument(..., help="The scanned QR text (KQ1:…)."),
+    data: Path | None = DATA_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Check a scanned document QR code online: signature, organisation certificate, ledger."""
+    from kiban.core import pdfsign
+    from kiban.core.config import load_settings
+    from kiban.core.database import make_engine, session_factory
+
+    settings = load_settings(data)
+    if settings.database_url_override is None and not (settings.data_dir / "kiban.sqlite").is_file():
+        typer.echo(f"refused: data: no database in {settings.data_dir} (rule: database)", err=True)
+        raise typer.Exit(1)
+    with session_factory(make_engine(settings.database_url))() as session:
+        result = pdfsign.verify_qr(payload, session=session)
+    if as_json:
+        typer.echo(json.dumps(result.as_dict(), ensure_ascii=False, indent=2))
+    elif result.ok:
+        typer.echo("valid")
+        typer.echo(f"signer: {result.signer}")
+        typer.echo(f"municipality: {result.municipality}")
+        typer.echo(f"serial: {result.serial}")
+        typer.echo(f"document type: {result.document_type}")
+        typer.echo(f"issued on: {result.issued_on}")
+    else:
+        _print_failure(result)
     raise typer.Exit(0 if result.ok else 1)
