@@ -2,14 +2,10 @@
 
 The same rules as :func:`kiban.cards.service.apply`, applied to many lines at once with a few
 set-based queries per chunk instead of several per line: each line is accepted or refused on its
-own (the refusal names the line, field and rule), accepted lines are written with multi-row
-INSERTs, and one audit entry per accepted application is appended with
-:func:`kiban.core.audit.record_batch`.
-
-The register has no bulk read function yet, so the residents' status is read here straight from
-``residents`` — read-only, the same fields :func:`kiban.register.service.get_record` would give
-(status, 消除事由, birth date, 住民となった日). That is the one place where the cards capability reads
-another capability's table; a ``register.service`` bulk reader would replace it (docs/cards.md).
+own (the refusal names the line, field and rule), accepted lines are written by COPY on
+PostgreSQL (the driver's executemany on SQLite), and one audit entry per accepted application is
+appended with :func:`kiban.core.audit.record_batch`. The residents' status comes from the
+register's bulk reader, :func:`kiban.register.service.statuses`.
 """
 
 from __future__ import annotations
