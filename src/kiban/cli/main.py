@@ -48,6 +48,7 @@ def _register_subcommands() -> None:
         ca,
         card,
         demo,
+        document,
         events,
         ids,
         jpki_verifiers,
@@ -64,6 +65,7 @@ def _register_subcommands() -> None:
     app.add_typer(ca.app, name="ca")
     app.add_typer(jpki_verifiers.app, name="verifier")
     app.add_typer(card.app, name="card")
+    app.add_typer(document.app, name="document")
     network.app.add_typer(network_exports.app, name="export")
     app.add_typer(network.app, name="network")
     app.command("demo")(demo.demo)
