@@ -461,7 +461,9 @@ def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream
         _move_out(municipal, mover)
         _wait_for(
             lambda: ("received", B, "pending") in _certificates(municipal, mover),
-            60,
+            # The national relay also publishes each change's 異動等情報 (to the CA's subjects), one
+            # PubAck at a time, before the forwarded 転出 that follows them: generous on a busy machine.
+            120,
             "the 転出証明書情報 to reach 岐阜市 through the national node",
             nodes,
         )
@@ -519,14 +521,14 @@ def test_copies_converge_exactly_after_the_national_process_is_killed_mid_stream
                 )
                 == 0
             ),
-            60,
+            120,
             "the 個人番号 to reach the municipality",
             nodes,
         )
         # The 転入通知 went back to 千代田区 the same way: its 転出 is completed.
         _wait_for(
             lambda: ("issued", A, "completed") in _certificates(municipal, mover),
-            60,
+            120,
             "the 転入通知 to complete the 転出 at 千代田区",
             nodes,
         )
