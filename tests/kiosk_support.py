@@ -24,6 +24,7 @@ from kiban.jpki.keys import FileKeyStore
 from kiban.kiosk import service as kiosk
 from kiban.kiosk.issuing import RegisterIssuer
 from kiban.kiosk.service import Centre, KioskCredential
+from kiban.kiosk.signing import finish_pdf, pades_finisher
 from kiban.network import service as network
 from kiban.numbering import service as numbering
 from kiban.register.loader import load_population
@@ -60,12 +61,14 @@ def build_world(
     holders: int = 6,
     seed: int = 11,
     municipalities: tuple[str, ...] = (A, B, C),
+    sign: bool = True,
+    keys_dir: Path | None = None,
 ) -> World:
     households = list(generate_population(list(municipalities), people, seed=seed, as_of=date(2025, 4, 1)))
     with session_maker.begin() as s:
         codes = numbering.issue_resident_codes(s, people, ResidentCodeGenerator(random.Random(seed)))
     load_population(engine, households, iter(codes))
-    ks = FileKeyStore(tmp_path / "keys")
+    ks = FileKeyStore(keys_dir or tmp_path / "keys")
     with session_maker.begin() as s:
         numbering.assign_individual_numbers_bulk(s, codes, CIPHER)
         network.seed_copies(s)
@@ -117,7 +120,11 @@ def build_world(
         _, cred1 = kiosk.register_kiosk(s, "seven", "seven-0001", "千代田一番町店")
         _, cred2 = kiosk.register_kiosk(s, "lawson", "lawson-0001", "岐阜駅前店")
     signers = KeyDirectorySigners(tmp_path / "doc-keys")
-    centre = Centre(session_maker, RegisterIssuer(session_maker, signers=signers))
+    # Every PDF PAdES-signed by the municipality's organisation key, as in production.
+    finish = pades_finisher(session_maker, ks) if sign else finish_pdf
+    centre = Centre(
+        session_maker, RegisterIssuer(session_maker, signers=signers, finish=finish), require_signed=sign
+    )
     return World(
         session_maker,
         ks,

@@ -37,7 +37,10 @@ window.kibanCard = {
 
 @pytest.fixture
 def world(engine: Engine, session_maker: sessionmaker[Session], tmp_path: Path) -> World:
-    return build_world(engine, session_maker, tmp_path, people=20, holders=2)
+    # the CA's and the municipalities' keys where `kiban serve --data tmp_path/data` finds them
+    return build_world(
+        engine, session_maker, tmp_path, people=20, holders=2, keys_dir=tmp_path / "data" / "keys"
+    )
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kiban.cards import service as cards
 from kiban.cards.softcard import CardError
+from kiban.core import pdfsign
 from kiban.core.events import Registry, drain
 from kiban.core.models.documents import IssuedDocument
 from kiban.jpki import service as jpki
@@ -27,6 +28,7 @@ from kiban.kiosk import service as kiosk
 from kiban.kiosk.issuing import MunicipalRequest, MunicipalResponse, RegisterIssuer
 from kiban.kiosk.models import KioskIssuance, KioskRefusal, KioskSession
 from kiban.kiosk.service import Centre, KioskCredential, KioskError
+from kiban.kiosk.signing import pades_finisher
 from kiban.network.handlers import register_handlers as network_handlers
 from kiban.register import service as register
 from kiban.register.handlers import register_handlers as register_handlers_
@@ -91,6 +93,11 @@ def test_a_holder_gets_their_own_documents_and_the_fee_is_recorded(world: World)
     printed = world.centre.request_document(world.kiosk, sid, "resident_copy")
     assert printed.pdf.startswith(b"%PDF") and printed.fee == 200
     assert name_of(world, code) in text_of(printed.pdf)
+    with world.session_maker() as s:  # PAdES by the municipality's organisation key, checked online too
+        checked = pdfsign.verify_pdf(
+            printed.pdf, trust_roots=pdfsign.trust_roots_from_db(s), online_session=s
+        )
+    assert checked.ok, checked.as_dict()
     whole = world.centre.request_document(world.kiosk, sid, "resident_copy", household=True)
     assert name_of(world, code) in text_of(whole.pdf)
     entry = world.centre.request_document(world.kiosk, sid, "entry_certificate")
@@ -470,7 +477,9 @@ def test_kiosk_credentials_and_the_version_break_drill(world: World) -> None:
 
 def test_an_answer_about_someone_else_is_never_printed(world: World) -> None:
     a, b = holder_in(world, A), [c for c, m in world.municipality.items() if m == A][1]
-    honest = RegisterIssuer(world.session_maker, signers=world.signers)
+    honest = RegisterIssuer(
+        world.session_maker, signers=world.signers, finish=pades_finisher(world.session_maker, world.keystore)
+    )
 
     def swapped(request: MunicipalRequest) -> MunicipalResponse:
         # a broken municipal node answers with the document of another resident
@@ -487,14 +496,17 @@ def test_an_answer_about_someone_else_is_never_printed(world: World) -> None:
     def broken(request: MunicipalRequest) -> MunicipalResponse:
         raise TimeoutError
 
+    unsigned = RegisterIssuer(world.session_maker, signers=world.signers)  # no PAdES
+
     sid = sign_in(world, a)
     for function, rule in (
         (swapped, "binding"),
         (misbound, "binding"),
         (tampered, "binding"),
         (broken, "municipality_unavailable"),
+        (unsigned, "binding"),
     ):
-        centre = Centre(world.session_maker, function)
+        centre = Centre(world.session_maker, function, require_signed=True)
         before = counts(world)[0]
         refused_ = pytest.raises(KioskError)
         with refused_ as err:

@@ -28,6 +28,7 @@ from . import service
 from .issuing import RegisterIssuer
 from .models import Kiosk, KioskIssuance, KioskOperator, KioskRefusal, WithdrawnVersion
 from .service import Centre, KioskCredential, KioskError
+from .signing import pades_finisher
 
 MAX_BODY = 16 * 1024
 router = APIRouter(prefix="/api/kiosk", tags=["kiosk"])
@@ -39,11 +40,13 @@ def centre(request: Request) -> Centre:
     state = request.app.state
     found = getattr(state, "kiosk_centre", None)
     if found is None:
-        from kiban.core.documents import default_signers
+        from kiban.core.documents import KeyDirectorySigners
+        from kiban.jpki.keys import keystore_from_settings
 
-        found = Centre(
-            state.session_factory, RegisterIssuer(state.session_factory, signers=default_signers())
-        )
+        signers = KeyDirectorySigners(state.settings.keys_dir)
+        finish = pades_finisher(state.session_factory, keystore_from_settings(state.settings))
+        issuer = RegisterIssuer(state.session_factory, signers=signers, finish=finish)
+        found = Centre(state.session_factory, issuer, require_signed=True)
         state.kiosk_centre = found
     return found
 

@@ -20,11 +20,13 @@ from kiban.cards.models import Card
 from kiban.cards.softcard import CardError, SoftCard
 from kiban.core.documents import KeyDirectorySigners
 from kiban.demo.context import DemoContext, ReportSection
+from kiban.jpki.keys import keystore_from_settings
 from kiban.register.models import Resident
 
 from . import service
 from .issuing import RegisterIssuer
 from .service import Centre, KioskCredential, KioskError
+from .signing import pades_finisher
 
 FEES = {"resident_copy": 200, "entry_certificate": 200, "seal_certificate": 200, "koseki_fuhyo": 200}
 KINDS = ("resident_copy", "entry_certificate", "koseki_fuhyo")
@@ -48,9 +50,9 @@ def kiosk_chapter(ctx: DemoContext, *, limit: int = 40) -> ReportSection:
         _, c1 = service.register_kiosk(s, "seven", "seven-0001", "駅前店", "2")
         _, c2 = service.register_kiosk(s, "lawson", "lawson-0001", "本町店", "1")
     kiosks = [KioskCredential("seven-0001", c1, "2"), KioskCredential("lawson-0001", c2, "1")]
-    centre = Centre(
-        ctx.sessions, RegisterIssuer(ctx.sessions, signers=KeyDirectorySigners(ctx.settings.keys_dir))
-    )
+    finish = pades_finisher(ctx.sessions, keystore_from_settings(ctx.settings))
+    issuer = RegisterIssuer(ctx.sessions, signers=KeyDirectorySigners(ctx.settings.keys_dir), finish=finish)
+    centre = Centre(ctx.sessions, issuer, require_signed=True)
     saved: set[str] = set()
     started = datetime.now()
     with ctx.step("kiosk: residents print certificates at convenience stores"):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -34,7 +34,7 @@ from kiban.register.models import ResidentStatus
 from kiban.register.rules import RegisterError
 from kiban.register.schemas import Actor
 
-from .signing import finish_pdf
+from .signing import Finisher, finish_pdf
 
 DOCUMENT_TYPES: dict[str, str] = {
     "resident_copy": "住民票の写し",
@@ -146,7 +146,7 @@ class RegisterIssuer:
         session_maker: sessionmaker[Session],
         *,
         signers: ledger.SignerProvider | None = None,
-        finish: Callable[[bytes, str], bytes] = finish_pdf,
+        finish: Finisher = finish_pdf,
     ) -> None:
         self.session_maker = session_maker
         self.signers = signers
@@ -169,7 +169,7 @@ class RegisterIssuer:
             request.session_id,
             request.request_hash,
             serial=printed.serial,
-            pdf=self.finish(printed.pdf, request.municipality_code),
+            pdf=self.finish(printed.pdf, request.municipality_code, printed.serial),
             data=printed.data,
             content_hash=printed.issuance.content_hash,
         )

@@ -62,6 +62,7 @@ from .models import (
     Participation,
     WithdrawnVersion,
 )
+from .signing import printed_serial
 
 T = TypeVar("T")
 JST = ZoneInfo("Asia/Tokyo")
@@ -329,12 +330,14 @@ class Centre:
         challenge_ttl: timedelta = CHALLENGE_TTL,
         session_ttl: timedelta = SESSION_TTL,
         clock: Callable[[], datetime] | None = None,
+        require_signed: bool = False,
     ) -> None:
         self.session_maker = session_maker
         self.router = router if isinstance(router, Router) else Router(router)
         self.challenge_ttl = challenge_ttl
         self.session_ttl = session_ttl
         self.clock = clock or (lambda: datetime.now(UTC))
+        self.require_signed = require_signed
 
     # ----------------------------------------------------------------- plumbing
 
@@ -651,6 +654,14 @@ class Centre:
             or response.request_hash != request.request_hash
         ):
             raise KioskError("response", "binding", "the answer is bound to another request or session")
+        if self.require_signed:
+            # The signed PDF names its serial in the Info dictionary the signature covers.
+            try:
+                signed = printed_serial(response.pdf)
+            except Exception:  # an unreadable PDF is not printed
+                signed = None
+            if signed != response.serial:
+                raise KioskError("response", "binding", "the PDF is not the signed document answered")
         pdf_hash = hashlib.sha256(response.pdf).hexdigest()
         with self.session_maker.begin() as s:
             self._check_answer(s, request, response.serial, response.data, response.content_hash, expected)

@@ -1,39 +1,42 @@
 """Where a kiosk document's PDF is finished before it leaves the municipality.
 
-PAdES signing with the municipality's organisation certificate is built separately as
-``kiban.core.pdfsign`` (``sign_pdf(pdf_bytes, *, municipality_code, ...)``). Until it exists (or
-when no signing context is given) the PDF goes out unsigned — its QR verification code and the
-ledger still protect it. :func:`pades_finisher` is the switch: pass what ``sign_pdf`` needs
-besides the municipality (session factory, keystore) and give the result to ``RegisterIssuer``.
+Production and the demo sign every PDF (PAdES, the municipality's organisation certificate, the
+signed QR code) with :func:`kiban.core.pdfsign.signing_finisher` — :func:`pades_finisher` here.
+:func:`finish_pdf` (unsigned, the layout's own QR code) stays for tests of the protocol that do
+not need the signature. The finish runs after the document's ledger row is committed: the signer
+reads it (and may issue the organisation certificate on first use, in its own transaction).
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any
 
-Finisher = Callable[[bytes, str], bytes]
+from sqlalchemy.orm import Session, sessionmaker
+
+Finisher = Callable[..., bytes]
+"""``finish(pdf, municipality_code, serial) -> pdf``."""
 
 
-def pdfsign_available() -> bool:
-    try:
-        module = importlib.import_module("kiban.core.pdfsign")
-    except ImportError:
-        return False
-    return hasattr(module, "sign_pdf")
-
-
-def finish_pdf(pdf: bytes, municipality_code: str) -> bytes:
+def finish_pdf(pdf: bytes, municipality_code: str, serial: str | None = None) -> bytes:
     """The unsigned finish: the PDF as drawn."""
     return pdf
 
 
-def pades_finisher(**context: Any) -> Finisher:
-    """A finisher that signs with ``kiban.core.pdfsign.sign_pdf`` and the given context."""
-    module = importlib.import_module("kiban.core.pdfsign")
+def pades_finisher(session_maker: sessionmaker[Session], keystore: Any) -> Finisher:
+    """Sign with the municipality's organisation key (``kiban.core.pdfsign``)."""
+    from kiban.core.pdfsign import signing_finisher
 
-    def finish(pdf: bytes, municipality_code: str) -> bytes:
-        return bytes(module.sign_pdf(pdf, municipality_code=municipality_code, **context))
+    return signing_finisher(session_maker, keystore)
 
-    return finish
+
+def printed_serial(pdf: bytes) -> str | None:
+    """The serial a signed PDF carries in its (signed) Info dictionary; None when unsigned."""
+    import io
+
+    from pypdf import PdfReader
+
+    from kiban.core.pdfsign import INFO_SERIAL
+
+    meta: Any = PdfReader(io.BytesIO(pdf)).metadata or {}
+    return str(meta[INFO_SERIAL]) if INFO_SERIAL in meta else None

@@ -23,11 +23,11 @@
     catch (e) { error(e.message); }
   };
   document.getElementById("pin-ok").onclick = async () => {
-    touch();
+    clearTimeout(timer);
     const pin = document.getElementById("pin").value; document.getElementById("pin").value = "";
     let signature;
     try { signature = await window.kibanCard.sign(pin, challenge); }
-    catch (e) { error(e.message || "暗証番号が違います。"); return; }
+    catch (e) { error(e.message || "暗証番号が違います。"); touch(); return; }
     try {
       const menu = await (await call(`/api/kiosk/sessions/${session}/authenticate`,
         {challenge, certificate: await window.kibanCard.certificate(), signature})).json();
@@ -37,18 +37,18 @@
         b.textContent = `${item.name}（${item.fee}円）`;
         b.onclick = () => pick(item.document_type); box.appendChild(b);
       }
-      show("step-menu");
+      show("step-menu"); touch();
     } catch (e) { error(e.message); await wipe(); }
   };
   const pick = async (type) => {
-    touch();
+    clearTimeout(timer);  // no timeout while the centre answers; the clock restarts after
     try {
       const r = await call(`/api/kiosk/sessions/${session}/documents`,
         {document_type: type, household: document.getElementById("household").checked});
       window.kioskPrinted = (window.kioskPrinted || []).concat([r.headers.get("X-Kiosk-Serial")]);
       document.getElementById("done-text").textContent = `印刷しました（証明書番号 ${r.headers.get("X-Kiosk-Serial")}）。`;
-      show("step-done");
-    } catch (e) { error(e.message); }
+      show("step-done"); touch();
+    } catch (e) { error(e.message); touch(); }
   };
   document.getElementById("finish").onclick = async () => { clearTimeout(timer); await wipe(); };
 })();
