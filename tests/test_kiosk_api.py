@@ -90,6 +90,14 @@ def test_device_api_issues_and_refuses(setup: tuple[World, FastAPI]) -> None:
     )
     assert r.status_code == 200 and r.content.startswith(b"%PDF")
     assert r.headers["X-Kiosk-Fee"] == "200" and r.headers["X-Kiosk-Session"] == sid
+    # anyone can check the printed document on the public verification page
+    checked = client.post(
+        "/verify",
+        files={"file": ("doc.pdf", r.content, "application/pdf")},
+        headers={"accept": "application/json"},
+    )
+    assert checked.status_code == 200 and checked.json()["ok"] is True, checked.text
+    assert checked.json()["serial"] == r.headers["X-Kiosk-Serial"]
     # swapped session id from another kiosk, oversized body, bad base64, wrong credential
     r = client.post(
         f"/api/kiosk/sessions/{sid}/documents",
