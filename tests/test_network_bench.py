@@ -115,3 +115,24 @@ def test_replication_bench_distributed_over_nats() -> None:
     (line,) = _bench("network_replication").run(n=2000, rate=20, seconds=2, mode="distributed", interval=0.05)
     _common(line, "network_replication")
     assert line["events"] == 40 and line["applied"] == 40 and line["quarantined"] == 0
+
+
+def test_scale_loader_can_partition_the_copy_by_prefecture() -> None:
+    """The bench-only LIST partitioning (docs/network-bench.md): 47 partitions, same rows, same look-up."""
+    scale_module = _bench("network_scale")
+    with scale_module.national_copy(2000, progress=False, partitioned=True) as scale:
+        with psycopg.connect(scale.dsn) as conn:
+            parts = conn.execute(
+                "SELECT count(*) FROM pg_inherits WHERE inhparent = 'network_national_identity'::regclass"
+            ).fetchone()
+            number = conn.execute(
+                "SELECT individual_number, prefecture_code FROM network_national_identity LIMIT 1"
+            ).fetchone()
+            assert number is not None
+            found = conn.execute(
+                "SELECT tableoid::regclass::text FROM network_national_identity "
+                "WHERE is_current AND individual_number = %s",
+                (number[0],),
+            ).fetchall()
+        assert parts == (47,)
+        assert found == [(f"network_national_identity_p{number[1]}",)]
