@@ -808,3 +808,8 @@ def test_served_paths_see_routes_inside_included_routers() -> None:
     app.include_router(inner, prefix="/ops")
     assert {"/cards/suspend", "/ops/network"} <= _served_paths(app)
     assert "/register" not in _served_paths(app)
+
+
+def test_login_page_points_the_public_to_document_verification(env: Env) -> None:
+    page = env.client.get("/login", headers=HTML)
+    assert page.status_code == 200 and 'href="/verify"' in page.text
