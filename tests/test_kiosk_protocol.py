@@ -14,6 +14,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pypdf import PdfReader
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -513,3 +515,31 @@ def test_an_answer_about_someone_else_is_never_printed(world: World) -> None:
             centre.request_document(world.kiosk, sid, "resident_copy")
         assert err.value.rule == rule
         assert counts(world)[0] == before  # nothing printed or charged
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    challenge=st.binary(max_size=80),
+    certificate=st.one_of(st.binary(max_size=200), st.just(b"\x30\x82\x01\x00" + bytes(256))),
+    signature=st.binary(max_size=600),
+)
+def test_hostile_authentication_bytes_are_refused(
+    world: World, challenge: bytes, certificate: bytes, signature: bytes
+) -> None:
+    """Whatever a kiosk sends as challenge, certificate and signature: a named refusal, no session
+    authenticated, nothing issued."""
+    ch = world.centre.open_session(world.kiosk)
+    err = refused_any(
+        world, world.centre.authenticate, world.kiosk, ch.session_id, challenge, certificate, signature
+    )
+    assert err.rule in {"challenge_mismatch", "der", "issuer", "oversized", "signature_invalid"}
+    with world.session_maker() as s:
+        assert s.get(KioskSession, ch.session_id).state == "challenged"  # type: ignore[union-attr]
+
+
+def refused_any(world: World, call: object, *args: object) -> KioskError:
+    issued, documents, logged = counts(world)
+    with pytest.raises(KioskError) as err:
+        call(*args)  # type: ignore[operator]
+    assert counts(world) == (issued, documents, logged + 1)
+    return err.value

@@ -493,6 +493,18 @@ class Centre:
             )
             if getattr(spent, "rowcount", 0) != 1:
                 raise KioskError("session_id", "challenge_used", status=409)
+            # The centre read the holder's municipality and status from the national copy.
+            audit.record(
+                s,
+                actor=kiosk.kiosk_id,
+                role="kiosk",
+                action="read",
+                purpose=KIOSK_PURPOSE,
+                subject=resident_code,
+                items=["住所地市区町村", "状態"],
+                organisation=identity.municipality_code,
+                detail={"session": row.session_id, "operator": kiosk.operator_id},
+            )
             items = tuple(
                 MenuItem(
                     p.document_type,
