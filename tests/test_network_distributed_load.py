@@ -413,6 +413,20 @@ def test_serve_in_distributed_mode_shows_the_backlog_gauges(
         assert "kiban_network_backlog_messages" not in client.get("/metrics").text
 
 
+def test_serve_starts_and_stops_promptly_when_nats_is_away(db_url: str, tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path / "data",
+        database_url_override=db_url,
+        event_transport="nats",
+        nats_url="nats://127.0.0.1:1",  # nothing listens there
+    )
+    app = create_app(settings, options=WebOptions(deliver_events=False), capabilities=[])
+    started = time.monotonic()
+    with TestClient(app) as client:
+        assert client.get("/metrics").status_code == 200  # the last snapshot (empty), never a wait
+    assert time.monotonic() - started < 15
+
+
 def test_the_refresh_loop_reads_each_direction(
     national: sessionmaker[Session],  # noqa: F811 - fixture
     net: tuple[str, str],  # noqa: F811 - fixture

@@ -603,6 +603,10 @@ async def _stream_municipalities(js: Any, stream: str, prefix: str, direction: s
     return sorted({subject.split(".")[2] for subject in subjects})
 
 
+async def _quiet(_exc: Exception) -> None:
+    """The failure is reported by the caller (a warning per refresh), not by nats-py's callback."""
+
+
 async def fetch_backlog(
     nats_url: str,
     *,
@@ -620,7 +624,15 @@ async def fetch_backlog(
     ``municipalities`` defaults to every municipality with messages in the stream.
     """
     check_prefix(prefix)
-    nc = await nats.connect(nats_url, name="kiban-network-backlog")
+    # A report, not a node: fail fast when NATS is away (nats-py would retry for two minutes).
+    nc = await nats.connect(
+        nats_url,
+        name="kiban-network-backlog",
+        connect_timeout=2,
+        max_reconnect_attempts=1,
+        reconnect_time_wait=0.5,
+        error_cb=_quiet,
+    )
     try:
         js = nc.jetstream()
         codes = list(municipalities or await _stream_municipalities(js, stream, prefix, direction))

@@ -22,7 +22,7 @@ import pkgutil
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -471,7 +471,9 @@ def create_app(
             dispatcher.stop()
         if refresher is not None:
             stop_refresh.set()
-            await refresher
+            # A refresh waiting on NATS is not worth waiting for at shutdown.
+            with suppress(TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(refresher, timeout=5)
         engine.dispose()
 
     app = FastAPI(
