@@ -142,3 +142,27 @@ def test_operator_status_page_and_version_drill(setup: tuple[World, FastAPI]) ->
     code = next(c for c, m in world.municipality.items() if m == B)
     kiosk_flow(device, world, older, code)  # other versions keep working
     assert "v2.3 breaks the interface" in client.get("/kiosk", headers=HTML).text
+    # a chain registers a new kiosk; its credential is shown once and works
+    csrf_value = csrf.group(1)
+    r = client.post(
+        "/kiosk/operators",
+        data={"operator_id": "family", "name": "ファミリー・デモ", "csrf_token": csrf_value},
+        headers=HTML,
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    form = {
+        "operator_id": "family",
+        "kiosk_id": "family-0001",
+        "store_name": "駅南店",
+        "interface_version": "1",
+        "csrf_token": csrf_value,
+    }
+    r = client.post("/kiosk/kiosks", data=form, headers=HTML)
+    assert r.status_code == 201
+    shown = re.search(r"<code>([^<]+)</code>", r.text)
+    assert shown
+    new = KioskCredential("family-0001", shown.group(1), "1")
+    assert device.post("/api/kiosk/sessions", headers=headers(new)).status_code == 201
+    r = client.post("/kiosk/kiosks", data=form, headers=HTML)
+    assert r.status_code == 409 and "kiosk_id: unique" in r.text

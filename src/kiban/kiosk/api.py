@@ -194,6 +194,10 @@ async def screen_css() -> Response:
 @pages.get("")
 async def status(request: Request, user: Operator) -> Response:
     """Operators, their kiosks, withdrawn versions, today's documents and refusals."""
+    return _status(request)
+
+
+def _status(request: Request, extra: dict[str, Any] | None = None, status_code: int = 200) -> Response:
     session = request.app.state.session_factory()
     try:
         operators = list(session.scalars(select(KioskOperator).order_by(KioskOperator.operator_id)))
@@ -224,8 +228,40 @@ async def status(request: Request, user: Operator) -> Response:
             "year": now.year,
             "month": now.month,
             "types": service.DOCUMENT_TYPES,
+            **(extra or {}),
         },
+        status_code=status_code,
     )
+
+
+@pages.post("/operators")
+async def add_operator(request: Request, user: Operator) -> Response:
+    form = await request.form()
+    try:
+        with request.app.state.session_factory.begin() as s:
+            service.register_operator(s, str(form.get("operator_id", "")), str(form.get("name", "")))
+    except KioskError as exc:
+        return _status(request, {"error": f"{exc.field}: {exc.rule}"}, status_code=exc.status)
+    return RedirectResponse("/kiosk", status_code=303)
+
+
+@pages.post("/kiosks")
+async def add_kiosk(request: Request, user: Operator) -> Response:
+    """A new kiosk: its credential is shown on this page once (only its hash is kept)."""
+    form = await request.form()
+    try:
+        with request.app.state.session_factory.begin() as s:
+            kiosk, credential = service.register_kiosk(
+                s,
+                str(form.get("operator_id", "")),
+                str(form.get("kiosk_id", "")),
+                str(form.get("store_name", ""))[:100],
+                str(form.get("interface_version", "2")),
+            )
+            kiosk_id = kiosk.kiosk_id
+    except KioskError as exc:
+        return _status(request, {"error": f"{exc.field}: {exc.rule}"}, status_code=exc.status)
+    return _status(request, {"new_credential": (kiosk_id, credential)}, status_code=201)
 
 
 @pages.post("/versions/withdraw")
