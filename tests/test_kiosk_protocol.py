@@ -543,3 +543,39 @@ def refused_any(world: World, call: object, *args: object) -> KioskError:
         call(*args)  # type: ignore[operator]
     assert counts(world) == (issued, documents, logged + 1)
     return err.value
+
+
+def test_seal_and_tax_certificates_at_the_kiosk(world: World) -> None:
+    """印鑑登録証明書 with the card alone (no 印鑑登録証), 所得・課税証明書 of a chosen year; without a
+    registered seal or an assessment the municipality refuses and nothing is charged."""
+    from kiban.register.seals.service import register_seal, synthetic_seal_image
+    from kiban.register.taxes.service import record_tax_assessment
+
+    code = holder_in(world, A)
+    with world.session_maker.begin() as s:
+        kiosk.set_participation(s, A, "tax_certificate", fee=300)
+    sid = sign_in(world, code)
+    refused(
+        world, "municipality_refused", world.centre.request_document, world.kiosk, sid, "seal_certificate"
+    )
+    refused(
+        world,
+        "municipality_refused",
+        world.centre.request_document,
+        world.kiosk,
+        sid,
+        "tax_certificate",
+        fiscal_year=2025,
+    )
+    clerk = RegisterActor(username="clerk-a", municipality_code=A)
+    with world.session_maker.begin() as s:
+        family = s.scalars(select(Resident).where(Resident.resident_code == code)).one().family_name
+        register_seal(s, clerk, code, synthetic_seal_image(family), "image/png", date.today())
+        record_tax_assessment(s, clerk, code, 2025, 2_000_000, 2_600_000, 205_000)
+    seal = world.centre.request_document(world.kiosk, sid, "seal_certificate")
+    assert "印鑑登録証明書" in text_of(seal.pdf) and name_of(world, code) in text_of(seal.pdf)
+    tax = world.centre.request_document(world.kiosk, sid, "tax_certificate", fiscal_year=2025)
+    assert "令和7年度" in text_of(tax.pdf) and "205,000円" in text_of(tax.pdf) and tax.fee == 300
+    refused(
+        world, "type", world.centre.request_document, world.kiosk, sid, "tax_certificate", fiscal_year=1900
+    )
