@@ -579,3 +579,40 @@ def test_seal_and_tax_certificates_at_the_kiosk(world: World) -> None:
     refused(
         world, "type", world.centre.request_document, world.kiosk, sid, "tax_certificate", fiscal_year=1900
     )
+
+
+def test_a_restricted_household_member_stops_the_household_copy(world: World) -> None:
+    with world.session_maker() as s:
+        holder, other = next(
+            (code, member.resident_code)
+            for code in world.cards
+            for member in s.scalars(
+                select(Resident).where(
+                    Resident.household_id
+                    == select(Resident.household_id).where(Resident.resident_code == code).scalar_subquery(),
+                    Resident.resident_code != code,
+                    Resident.status == "active",
+                )
+            )
+        )
+        town = world.municipality[holder]
+    today = date.today()
+    with world.session_maker.begin() as s:
+        register.set_restriction(
+            s,
+            RegisterActor(username="clerk", municipality_code=town),
+            SetRestriction(
+                resident_code=other, reason="DV", starts_on=today, ends_on=today + timedelta(days=365)
+            ),
+        )
+    sid = sign_in(world, holder)
+    assert world.centre.request_document(world.kiosk, sid, "resident_copy").pdf  # the holder's own copy
+    refused(
+        world,
+        "dv_restricted",
+        world.centre.request_document,
+        world.kiosk,
+        sid,
+        "resident_copy",
+        household=True,
+    )
