@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from kiban.core import accounts
 from kiban.core.accounts import create_user
 from kiban.core.config import Settings
 from kiban.kiosk import api
+from kiban.kiosk.models import KioskIssuance, KioskRefusal
 from kiban.kiosk.service import KioskCredential
 from kiban.web.app import WebOptions, add_template_dir, create_app
 from kiosk_support import A, B, World, build_world  # noqa: I001 - tests/ is on the path
@@ -112,6 +113,15 @@ def test_device_api_issues_and_refuses(setup: tuple[World, FastAPI]) -> None:
     r = client.post("/api/kiosk/sessions", headers={**h, "X-Kiosk-Credential": "nope"})
     assert r.status_code == 403 and r.json()["rule"] == "credential"
     assert client.delete(f"/api/kiosk/sessions/{sid}", headers=h).status_code == 204
+    with world.session_maker() as s:  # each refusal logged once, with its kiosk and session
+        logged = [(r.rule, r.kiosk_id) for r in s.scalars(select(KioskRefusal).order_by(KioskRefusal.id))]
+        assert logged == [
+            ("other_kiosk", world.other_kiosk.kiosk_id),
+            ("oversized", world.kiosk.kiosk_id),
+            ("type", world.kiosk.kiosk_id),
+            ("credential", world.kiosk.kiosk_id),
+        ]
+        assert s.scalar(select(func.count()).select_from(KioskIssuance)) == 1
     screen = client.get("/kiosk/screen", headers=HTML)
     assert screen.status_code == 200 and "暗証番号" in screen.text and "カードの取り忘れ" in screen.text
 

@@ -58,7 +58,9 @@ def _credential(request: Request) -> KioskCredential:
     )
 
 
-def _refusal(exc: KioskError) -> JSONResponse:
+def _refusal(request: Request, exc: KioskError, session_id: str | None = None) -> JSONResponse:
+    # Bad input caught here (body too large, not JSON, not base64) is logged like the centre's own.
+    centre(request).log_refusal(request.headers.get("x-kiosk-id"), session_id, exc)
     return JSONResponse(
         {"field": exc.field, "rule": exc.rule, "message": exc.message}, status_code=exc.status
     )
@@ -96,7 +98,7 @@ async def open_session(request: Request) -> Response:
         await _body(request)
         ch = centre(request).open_session(_credential(request))
     except KioskError as exc:
-        return _refusal(exc)
+        return _refusal(request, exc)
     return JSONResponse(
         {
             "session_id": ch.session_id,
@@ -120,7 +122,7 @@ async def authenticate(request: Request, session_id: str) -> Response:
             _bytes(data, "signature"),
         )
     except KioskError as exc:
-        return _refusal(exc)
+        return _refusal(request, exc, session_id)
     return JSONResponse(
         {
             "session_id": menu.session_id,
@@ -146,7 +148,7 @@ async def request_document(request: Request, session_id: str) -> Response:
             fiscal_year=data.get("fiscal_year"),
         )
     except KioskError as exc:
-        return _refusal(exc)
+        return _refusal(request, exc, session_id)
     return Response(
         printed.pdf,
         media_type="application/pdf",
@@ -165,7 +167,7 @@ async def close_session(request: Request, session_id: str) -> Response:
     try:
         centre(request).close(_credential(request), session_id)
     except KioskError as exc:
-        return _refusal(exc)
+        return _refusal(request, exc, session_id)
     return Response(status_code=204)
 
 

@@ -124,6 +124,7 @@ class KioskError(ValueError):
         self.rule = rule
         self.message = MESSAGES.get(rule, "この操作はできません。")
         self.status = status
+        self.logged = False
         super().__init__(f"{field}: {detail or self.message} (rule: {rule})")
 
 
@@ -346,10 +347,14 @@ class Centre:
         try:
             yield
         except KioskError as exc:
-            self._log_refusal(kiosk_id, session_id, exc)
+            self.log_refusal(kiosk_id, session_id, exc)
             raise
 
-    def _log_refusal(self, kiosk_id: object, session_id: object, exc: KioskError) -> None:
+    def log_refusal(self, kiosk_id: object, session_id: object, exc: KioskError) -> None:
+        """Write the refusal in a transaction of its own (once per error)."""
+        if exc.logged:
+            return
+        exc.logged = True
         kid = kiosk_id[:32] if isinstance(kiosk_id, str) else None
         sid = session_id[:32] if isinstance(session_id, str) else None
         with self.session_maker.begin() as s:
