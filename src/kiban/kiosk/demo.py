@@ -37,7 +37,13 @@ def kiosk_chapter(ctx: DemoContext, *, limit: int = 40) -> ReportSection:
     documents = ctx.data_dir / "documents"
     documents.mkdir(parents=True, exist_ok=True)
     with ctx.sessions() as s:  # read-only: which cards are live, from the cards capability's table
-        live = list(s.execute(select(Card.card_id, Card.resident_code).where(Card.state == states.ACTIVE)))
+        live = list(
+            s.execute(
+                select(Card.card_id, Card.resident_code)
+                .where(Card.state == states.ACTIVE)
+                .order_by(Card.card_id)
+            )
+        )
         towns = sorted({m for (m,) in s.execute(select(Resident.municipality_code).distinct())})
     with ctx.sessions.begin() as s:
         for i, town in enumerate(towns):
@@ -72,7 +78,10 @@ def kiosk_chapter(ctx: DemoContext, *, limit: int = 40) -> ReportSection:
                 sig = soft.sign_challenge("1234", ch.challenge)
                 cert = soft.certificate("user_auth") or b""
                 centre.authenticate(cred, ch.session_id, ch.challenge, cert, sig)
-                for kind in KINDS[: 1 + n % 3]:
+                # Everyone a 住民票の写し and a 附票 (one municipality does not offer it); every
+                # third holder a 記載事項証明書 too.
+                wanted = KINDS if n % 3 == 0 else ("resident_copy", "koseki_fuhyo")
+                for kind in wanted:
                     try:
                         printed = centre.request_document(cred, ch.session_id, kind, household=(n % 5 == 0))
                     except KioskError as exc:
