@@ -52,6 +52,7 @@ def _register_subcommands() -> None:
         events,
         ids,
         jpki_verifiers,
+        kiosk,
         network,
         network_exports,
         serve,
@@ -68,6 +69,7 @@ def _register_subcommands() -> None:
     app.add_typer(document.app, name="document")
     network.app.add_typer(network_exports.app, name="export")
     app.add_typer(network.app, name="network")
+    app.add_typer(kiosk.app, name="kiosk")
     app.command("demo")(demo.demo)
     app.command("serve")(serve.serve)
     app.command("bench")(bench.bench)

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from kiban.demo.context import DemoContext, ReportSection
 from kiban.network import service as network
-from kiban.network.models import NationalIdentity
+from kiban.network.models import NationalIdentity, current_version
 from kiban.network.schemas import ProvisionQuery
 from kiban.register.models import Resident, ResidentStatus
 
@@ -124,7 +124,7 @@ def _documents(ctx: DemoContext) -> list[str]:
         # 広域交付: a person of one municipality asks at another's counter with a photo ID.
         person = s.scalars(
             select(NationalIdentity)
-            .where(NationalIdentity.is_current.is_(True), NationalIdentity.status == "active")
+            .where(current_version(NationalIdentity), NationalIdentity.status == "active")
             .order_by(NationalIdentity.resident_code)
             .limit(1)
         ).one()

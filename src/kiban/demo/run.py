@@ -23,6 +23,7 @@ from kiban.demo.network import network_year, seed_network
 from kiban.demo.pki import pki_ceremony, pki_publish
 from kiban.demo.register_docs import counter_work
 from kiban.demo.world import DEMO_MUNICIPALITIES, build_world
+from kiban.kiosk.demo import kiosk_chapter
 
 # What a previous demo leaves in its directory; anything else there means it is not ours to wipe.
 DEMO_FILES = {
@@ -34,6 +35,7 @@ DEMO_FILES = {
     "documents",
     "pki",
     "cards",
+    "exports",
     "demo-credentials.txt",
     "audit-checkpoint.json",
 }
@@ -130,6 +132,7 @@ CHAPTERS: list[Chapter] = [
     cards_chapter,
     live_a_year,
     network_year,
+    kiosk_chapter,
     pki_publish,
     audit_chapter,
 ]

@@ -34,7 +34,7 @@ from kiban.core import audit
 from kiban.core.database import utcnow
 from kiban.core.identifiers import IdentifierError, validate_individual_number, validate_resident_code
 from kiban.core.models.events import OutboxEvent
-from kiban.network.models import NationalIdentity
+from kiban.network.models import NationalIdentity, current_version
 from kiban.network.service import IDENTITY_CHANGED_OUT, NetworkError
 
 JST = ZoneInfo("Asia/Tokyo")
@@ -384,7 +384,7 @@ def provide_resident_code(
         raise ExportError(kind, "not_found", "no person with this identifier", status=404)
     status = session.scalar(
         select(NationalIdentity.status).where(
-            NationalIdentity.resident_code == found, NationalIdentity.is_current.is_(True)
+            NationalIdentity.resident_code == found, current_version(NationalIdentity)
         )
     )
     audit.record(

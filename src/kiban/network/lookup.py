@@ -39,7 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from kiban.core.database import transaction, utcnow
 from kiban.network import service
-from kiban.network.models import NationalIdentity
+from kiban.network.models import NationalIdentity, current_version
 from kiban.network.schemas import Answer, ProvisionQuery
 
 __all__ = ["Request", "ProvisionBatcher", "provide_many", "parse"]
@@ -68,7 +68,9 @@ def _find_many(session: Session, column: Any, values: list[str]) -> dict[str, li
     found: dict[str, list[NationalIdentity]] = {}
     for start in range(0, len(values), 1000):
         rows = session.scalars(
-            select(n).where(n.is_current, column.in_(values[start : start + 1000])).order_by(n.resident_code)
+            select(n)
+            .where(current_version(n), column.in_(values[start : start + 1000]))
+            .order_by(n.resident_code)
         )
         for row in rows:
             found.setdefault(getattr(row, column.key), []).append(row)
@@ -82,7 +84,7 @@ def _find_basic4(session: Session, query: ProvisionQuery) -> list[NationalIdenti
         session.scalars(
             select(n)
             .where(
-                n.is_current,
+                current_version(n),
                 n.kana_key == query.name_kana,
                 n.birth_date == query.birth_date,
                 n.sex == query.sex,

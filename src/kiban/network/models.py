@@ -21,6 +21,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    ColumnElement,
     Date,
     Index,
     Integer,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     String,
     Text,
     Uuid,
+    literal_column,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -37,6 +39,18 @@ from kiban.core.database import Base, UTCDateTime
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets 64 bits.
 SEQ_TYPE = BigInteger().with_variant(Integer(), "sqlite")
 CURRENT = text("is_current")
+
+
+def current_version(model: Any) -> ColumnElement[bool]:
+    """``<table>.is_current`` exactly as the partial indexes' predicate (``WHERE is_current``).
+
+    Neither ``is_current IS true`` (PostgreSQL) nor ``is_current = 1`` (SQLite, where SQLAlchemy
+    renders a bare Boolean so) is matched to those indexes by the planners: a look-up by 個人番号
+    would scan every version.
+    """
+    # Untyped on purpose: a Boolean-typed column is rendered `= 1` on SQLite again.
+    column: ColumnElement[bool] = literal_column(f"{model.__table__.name}.is_current")
+    return column
 
 
 class _IdentityVersion:

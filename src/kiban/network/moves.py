@@ -40,7 +40,7 @@ from kiban.core import master
 from kiban.core.events import DomainEvent, Registry, emit
 from kiban.core.identifiers import IdentifierError, validate_individual_number, validate_resident_code
 from kiban.core.models.events import OutboxEvent
-from kiban.network.models import NationalIdentity
+from kiban.network.models import NationalIdentity, current_version
 from kiban.network.service import NetworkError, quarantine
 
 log = logging.getLogger(__name__)
@@ -276,7 +276,7 @@ def forward_move_out(session: Session, event: DomainEvent) -> str:
         body = check_certificate(event)
         current = session.scalars(
             select(NationalIdentity).where(
-                NationalIdentity.resident_code == event.key, NationalIdentity.is_current.is_(True)
+                NationalIdentity.resident_code == event.key, current_version(NationalIdentity)
             )
         ).one_or_none()
         # The issuer must be where the copy has the person (active, or just removed by this 転出).

@@ -30,6 +30,7 @@ from kiban.network.models import (
     Provision,
     QuarantinedMessage,
     StatutoryUse,
+    current_version,
 )
 from kiban.network.schemas import DisclosureEntry
 from kiban.network.service import NetworkError, ReplicationStatus
@@ -319,7 +320,7 @@ def current_identity(session: Session, resident_code: str) -> NationalIdentity |
     # The plain boolean, not `IS true`: PostgreSQL matches only it to the partial indexes' WHERE is_current.
     return session.scalars(
         select(NationalIdentity).where(
-            NationalIdentity.resident_code == resident_code, NationalIdentity.is_current
+            NationalIdentity.resident_code == resident_code, current_version(NationalIdentity)
         )
     ).one_or_none()
 

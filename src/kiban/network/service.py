@@ -47,6 +47,7 @@ from kiban.network.models import (
     RestrictionCopy,
     RestrictionSet,
     StatutoryUse,
+    current_version,
 )
 from kiban.network.schemas import Answer, DisclosureEntry, ProvisionQuery
 from kiban.register.models import Resident, kana_search_key
@@ -334,7 +335,7 @@ _ITEMS = (
 
 
 def _current(session: Session, model: Any, code: str, prefecture: str | None = None) -> Any:
-    query = select(model).where(model.resident_code == code, model.is_current.is_(True))
+    query = select(model).where(model.resident_code == code, current_version(model))
     if prefecture is not None:
         query = query.where(model.prefecture_code == prefecture)
     return session.scalars(query.with_for_update()).one_or_none()
@@ -719,7 +720,7 @@ def seed_copies(session: Session, municipality_codes: Sequence[str] | None = Non
 
     Returns how many people were added. The version carries reason ``initial_load``.
     """
-    known = select(NationalIdentity.resident_code).where(NationalIdentity.is_current.is_(True))
+    known = select(NationalIdentity.resident_code).where(current_version(NationalIdentity))
     query = select(Resident).where(Resident.status == "active", Resident.resident_code.not_in(known))
     if municipality_codes:
         query = query.where(Resident.municipality_code.in_(list(municipality_codes)))
@@ -1085,7 +1086,7 @@ def _items_of(row: NationalIdentity, items: Sequence[str]) -> dict[str, Any]:
 
 def _find(session: Session, query: ProvisionQuery) -> list[NationalIdentity]:
     n = NationalIdentity
-    where: list[Any] = [n.is_current.is_(True)]
+    where: list[Any] = [current_version(n)]
     if query.resident_code is not None:
         where.append(n.resident_code == query.resident_code)
     elif query.individual_number is not None:
@@ -1369,10 +1370,10 @@ def _bulk_chunk(
                 if isinstance(q, ProvisionQuery) and q.individual_number
             ]
             if codes:
-                found = select(n).where(n.is_current.is_(True), n.resident_code.in_(codes))
+                found = select(n).where(current_version(n), n.resident_code.in_(codes))
                 by_code = {r.resident_code: r for r in session.scalars(found)}
             if numbers and permit.use is not None and "individual_number" in permit.use.items:
-                found = select(n).where(n.is_current.is_(True), n.individual_number.in_(numbers))
+                found = select(n).where(current_version(n), n.individual_number.in_(numbers))
                 by_number = {cast(str, r.individual_number): r for r in session.scalars(found)}
         outcomes: list[_Outcome] = []
         matched: list[tuple[int, ProvisionQuery, list[NationalIdentity]]] = []

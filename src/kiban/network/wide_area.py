@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from kiban.core import audit
 from kiban.core.documents import SignerProvider
 from kiban.core.identifiers import IdentifierError, validate_individual_number, validate_resident_code
-from kiban.network.models import NationalIdentity
+from kiban.network.models import NationalIdentity, current_version
 from kiban.register import issuance
 from kiban.register.documents import CopyOptions, IssuedPdf, Requester
 from kiban.register.models import name_search_key
@@ -92,7 +92,7 @@ def _find(session: Session, ident: Identification) -> tuple[str, NationalIdentit
             code = validate_resident_code(ident.resident_code)
             row = session.scalars(
                 select(NationalIdentity).where(
-                    NationalIdentity.resident_code == code, NationalIdentity.is_current.is_(True)
+                    NationalIdentity.resident_code == code, current_version(NationalIdentity)
                 )
             ).one_or_none()
             return code, row
@@ -102,7 +102,7 @@ def _find(session: Session, ident: Identification) -> tuple[str, NationalIdentit
         raise RegisterError(f"identification.{which}", exc.rule, exc.detail) from exc
     row = session.scalars(
         select(NationalIdentity).where(
-            NationalIdentity.individual_number == number, NationalIdentity.is_current.is_(True)
+            NationalIdentity.individual_number == number, current_version(NationalIdentity)
         )
     ).one_or_none()
     return (row.resident_code if row is not None else ""), row

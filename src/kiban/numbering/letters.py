@@ -48,6 +48,7 @@ from kiban.core.documents import (
 from kiban.core.events import emit
 from kiban.core.identifiers import FIELD_RESIDENT_CODE, validate_resident_code
 from kiban.core.wareki import to_wareki
+from kiban.network.models import current_version
 from kiban.numbering.models import (
     LETTER_ASSIGNED,
     LETTER_CHANGED,
@@ -152,7 +153,7 @@ def addressee(session: Session, number: IndividualNumber) -> Addressee | None:
         return None
     row = session.scalars(
         select(NationalIdentity).where(
-            NationalIdentity.resident_code == code, NationalIdentity.is_current.is_(True)
+            NationalIdentity.resident_code == code, current_version(NationalIdentity)
         )
     ).one_or_none()
     if row is None or row.status != "active":
@@ -445,7 +446,7 @@ def _municipality_of(session: Session, code: str) -> str:
     found = session.scalar(
         select(NationalIdentity.municipality_code).where(
             NationalIdentity.resident_code == code,
-            NationalIdentity.is_current.is_(True),
+            current_version(NationalIdentity),
             NationalIdentity.status == "active",
         )
     )
