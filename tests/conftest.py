@@ -104,6 +104,39 @@ def session(session_maker: sessionmaker[Session]) -> Iterator[Session]:
         yield s
 
 
+SOFTHSM_PIN = "246810"
+# Every token the suite uses, made before the PKCS#11 module is first loaded: SoftHSM2 reads
+# SOFTHSM2_CONF once per process (C_Initialize), so a token directory set up later is never seen.
+SOFTHSM_TOKENS = ("kiban-test", "kiban-doc")
+
+
+@pytest.fixture(scope="session")
+def softhsm_conf(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One SoftHSM2 configuration for the whole run, with the suite's tokens initialised."""
+    import subprocess
+
+    from kiban.jpki.keys import DEFAULT_SOFTHSM_LIBRARY
+
+    if shutil.which("softhsm2-util") is None or not Path(DEFAULT_SOFTHSM_LIBRARY).exists():
+        if os.environ.get("CI"):
+            pytest.fail("CI run: softhsm2 (Debian package) is not installed")
+        pytest.skip("softhsm2 (Debian package) is not installed")
+    directory = tmp_path_factory.mktemp("softhsm")
+    (directory / "tokens").mkdir()
+    conf = directory / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\n")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("SOFTHSM2_CONF", str(conf))
+    for label in SOFTHSM_TOKENS:
+        subprocess.run(
+            ["softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "135790",
+             "--pin", SOFTHSM_PIN],
+            check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(conf)},
+        )  # fmt: skip
+    yield conf
+    patch.undo()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """On the PostgreSQL run (KIBAN_TEST_DB_ONLY=1) keep only the tests that use a database."""
     if not os.environ.get("KIBAN_TEST_DB_ONLY"):

@@ -37,38 +37,15 @@ def _missing() -> str | None:
 
 
 @pytest.fixture(scope="module")
-def token(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pkcs11KeyStore]:
+def token(softhsm_conf: Path) -> Iterator[Pkcs11KeyStore]:
     missing = _missing()
     if missing:
         if os.environ.get("CI"):
             pytest.fail(f"CI run: {missing}")
         pytest.skip(missing)
-    directory = tmp_path_factory.mktemp("softhsm")
-    (directory / "tokens").mkdir()
-    conf = directory / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {directory / 'tokens'}\nobjectstore.backend = file\n")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SOFTHSM2_CONF", str(conf))
-    subprocess.run(
-        [
-            "softhsm2-util",
-            "--init-token",
-            "--free",
-            "--label",
-            "kiban-test",
-            "--so-pin",
-            "135790",
-            "--pin",
-            PIN,
-        ],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "SOFTHSM2_CONF": str(conf)},
-    )
     store = Pkcs11KeyStore(DEFAULT_SOFTHSM_LIBRARY, "kiban-test", PIN)
     yield store
     store.close()
-    patch.undo()
 
 
 def test_token_key_is_not_extractable(token: Pkcs11KeyStore) -> None:

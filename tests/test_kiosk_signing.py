@@ -665,38 +665,12 @@ PIN = "246810"
 
 
 @pytest.fixture
-def token(tmp_path: Path) -> Iterator[Any]:
-    if shutil.which("softhsm2-util") is None or not Path(DEFAULT_SOFTHSM_LIBRARY).exists():
-        if os.environ.get("CI"):
-            pytest.fail("CI run: softhsm2 is not installed")
-        pytest.skip("softhsm2 (Debian package) is not installed")
+def token(softhsm_conf: Path) -> Iterator[Any]:
     from kiban.jpki.keys import Pkcs11KeyStore
 
-    (tmp_path / "tokens").mkdir()
-    conf = tmp_path / "softhsm2.conf"
-    conf.write_text(f"directories.tokendir = {tmp_path / 'tokens'}\nobjectstore.backend = file\n")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("SOFTHSM2_CONF", str(conf))
-    subprocess.run(
-        [
-            "softhsm2-util",
-            "--init-token",
-            "--free",
-            "--label",
-            "kiban-doc",
-            "--so-pin",
-            "135790",
-            "--pin",
-            PIN,
-        ],
-        check=True,
-        capture_output=True,
-        env={**os.environ, "SOFTHSM2_CONF": str(conf)},
-    )
     store = Pkcs11KeyStore(DEFAULT_SOFTHSM_LIBRARY, "kiban-doc", PIN)
     yield store
     store.close()
-    patch.undo()
 
 
 def test_pkcs11_signing_keeps_the_key_in_the_token(
