@@ -43,21 +43,20 @@ def free_port() -> int:
 
 
 @contextmanager
-def kiban_serve(db_url: str, tmp_path: Path) -> Iterator[str]:
-    """Run the real `kiban serve` over ``db_url`` in a subprocess; yield its base URL."""
-    port = free_port()
-    env = {**os.environ, "KIBAN_DATABASE_URL": db_url}
-    log_path = tmp_path / "serve.log"
+def serving(
+    command: list[str],
+    port: int,
+    log_path: Path,
+    *,
+    env: dict[str, str] | None = None,
+    start_timeout: float = 30,
+) -> Iterator[str]:
+    """Run a web server ``command`` listening on ``port``; yield its base URL once /healthz answers."""
     log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "--data", str(tmp_path / "data"), "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_timeout
         while True:
             try:
                 if httpx.get(base + "/healthz", timeout=1).status_code == 200:
@@ -65,13 +64,23 @@ def kiban_serve(db_url: str, tmp_path: Path) -> Iterator[str]:
             except httpx.TransportError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("kiban serve did not start:\n" + log_path.read_text(errors="replace"))
+                pytest.fail(f"{command[-1]!r}… did not start:\n" + log_path.read_text(errors="replace"))
             time.sleep(0.2)
         yield base
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@contextmanager
+def kiban_serve(db_url: str, tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """Run the real `kiban serve` over ``db_url`` in a subprocess; yield its base URL."""
+    port = free_port()
+    command = [sys.executable, "-c", SERVE, "--data", str(tmp_path / "data"), "--port", str(port), *extra]
+    environment = {**os.environ, "KIBAN_DATABASE_URL": db_url, **(env or {})}
+    with serving(command, port, tmp_path / "serve.log", env=environment, start_timeout=60) as base:
+        yield base

@@ -8,14 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from browser_support import free_port
+from browser_support import free_port, serving
 from kiban.demo.run import run_demo
 
 OPENSSL = shutil.which("openssl")
@@ -37,32 +36,17 @@ def served_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path
     run_demo(directory, 300, seed=11)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "KIBAN_DATABASE_URL"}
-    log_path = directory.parent / "serve.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", "from kiban.cli.main import app; app()", "serve", "--data", str(directory),
-             "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("kiban serve did not start:\n" + log_path.read_text(errors="replace"))
-            time.sleep(0.3)
+    command = [
+        sys.executable,
+        "-c",
+        "from kiban.cli.main import app; app()",
+        "serve",
+        "--data",
+        str(directory),
+    ]
+    command += ["--port", str(port)]
+    with serving(command, port, directory.parent / "serve.log", env=env, start_timeout=60) as base:
         yield directory, base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_openssl_ocsp_reports_every_sample_as_index_json_says(served_demo: tuple[Path, str]) -> None:

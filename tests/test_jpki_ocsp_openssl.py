@@ -228,40 +228,10 @@ def test_openssl_reference_responder_agrees(db_url: str, tmp_path: Path) -> None
 
 @contextmanager
 def serve_workers(db_url: str, tmp_path: Path, workers: int, **env: str) -> Iterator[str]:
-    """`kiban serve --workers N` (browser_support.kiban_serve runs one process)."""
-    import os
-    import sys
+    """`kiban serve --workers N`."""
 
-    from browser_support import SERVE
-
-    port = free_port()
-    log_path = tmp_path / f"serve-{workers}.log"
-    log = log_path.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVE, "--data", str(tmp_path / "data"), "--port", str(port),
-         "--workers", str(workers)],
-        env={**os.environ, "KIBAN_DATABASE_URL": db_url, **env}, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("kiban serve did not start:\n" + log_path.read_text(errors="replace"))
-            time.sleep(0.2)
+    with kiban_serve(db_url, tmp_path, "--workers", str(workers), env=env) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -3,9 +3,7 @@ refused form), a token shown once, a suspension; a verifier then sees 新旧紐�
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from browser_support import CHROMIUM, CHROMIUM_ARGS, free_port, require_chromium
+from browser_support import CHROMIUM, CHROMIUM_ARGS, free_port, require_chromium, serving
 from kiban.core import accounts
 from kiban.core.accounts import create_user
 from kiban.jpki.verifiers import service as vs
@@ -38,33 +36,10 @@ SERVE = (
 @contextmanager
 def serve(db_url: str, tmp_path: Path) -> Iterator[str]:
     port = free_port()
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            # The data directory is the world's: its CA keys are in <data>/keys, where the app looks.
-            [sys.executable, "-c", SERVE, str(tmp_path), db_url, str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        base = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("the app did not start:\n" + log_path.read_text(errors="replace"))
-                time.sleep(0.2)
-            yield base
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    # The data directory is the world's: its CA keys are in <data>/keys, where the app looks.
+    command = [sys.executable, "-c", SERVE, str(tmp_path), db_url, str(port)]
+    with serving(command, port, tmp_path / "serve.log") as base:
+        yield base
 
 
 @pytest.fixture
