@@ -135,3 +135,6 @@ def test_refusals(card_file: Path) -> None:
     assert nothex.exit_code == 1 and "hex" in nothex.output
     kind = runner.invoke(app, ["change-pin", str(card_file), "--passphrase", PASS, "--kind", "nope"])
     assert kind.exit_code == 1
+    # A missing file is refused before any passphrase is asked for (no input given here).
+    missing = runner.invoke(app, ["inspect", str(card_file.parent / "nope.card")])
+    assert missing.exit_code == 1 and "file_exists" in missing.output

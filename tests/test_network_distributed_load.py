@@ -540,3 +540,13 @@ def test_a_birth_over_the_stream_gets_its_number_from_the_national_node(
         # The municipal node made no number: its only notice is the one that came down.
         assert not s.scalars(select(OutboxEvent).where(OutboxEvent.type == "numbering.number_assigned")).all()
     assert not (tmp_path / "municipal" / "keys" / "numbering.key").exists()
+
+
+def test_backlog_with_nats_unreachable_is_a_clear_refusal() -> None:
+    from typer.testing import CliRunner
+
+    from kiban.cli.network import app as network_app
+
+    result = CliRunner().invoke(network_app, ["backlog", "--nats", "nats://127.0.0.1:1"])
+    assert result.exit_code == 1 and "nats_reachable" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)

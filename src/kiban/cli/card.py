@@ -29,6 +29,10 @@ PASS_OPTION = typer.Option(None, "--passphrase", help="Card file passphrase (els
 
 
 def _open(path: Path, passphrase: str | None) -> SoftCard:
+    if not path.is_file():
+        # Before the passphrase prompt: a missing file is not worth a secret typed in.
+        typer.echo(f"refused: card: {path} is not a card file (rule: file_exists)", err=True)
+        raise typer.Exit(1)
     secret = (
         passphrase or os.environ.get("KIBAN_CARD_PASSPHRASE") or typer.prompt("passphrase", hide_input=True)
     )

@@ -155,9 +155,12 @@ def backlog(
     if direction not in ("up", "down", "ca"):
         typer.echo("kiban network backlog: --direction is up, down or ca", err=True)
         raise typer.Exit(2)
-    rows = backlog_report(
-        _nats_url(nats_url), stream=stream, prefix=prefix, durable=durable, direction=direction
-    )
+    url = _nats_url(nats_url)
+    try:
+        rows = backlog_report(url, stream=stream, prefix=prefix, durable=durable, direction=direction)
+    except Exception as exc:  # nats-py raises its own hierarchy and OSError; none is a usage bug
+        typer.echo(f"refused: nats: cannot read the stream at {url}: {exc} (rule: nats_reachable)", err=True)
+        raise typer.Exit(1) from None
     typer.echo("municipality\tdirection\tpending\toldest_seconds")
     for row in rows:
         age = f"{row.oldest_age.total_seconds():.1f}" if row.oldest_age is not None else "-"
